@@ -1,0 +1,135 @@
+"""The model catalogue: every public identifier a client may send, mapped to a model spec.
+
+A spec says what a model is (kind, architecture), where its weights are and how they are stored,
+and which inference defaults it brings. Specs come from the models directory scan, the optional
+manifest and the embedded demo model; the catalogue itself is plain data with lookups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+
+class ModelKind(StrEnum):
+    CHECKPOINT = "checkpoint"
+    LORA = "lora"
+    EMBEDDING = "embedding"
+    HYPERNETWORK = "hypernetwork"
+    CONTROLNET = "controlnet"
+    IP_ADAPTER = "ip_adapter"
+    VAE = "vae"
+    PREPROCESSOR = "preprocessor"
+    UTILITY = "utility"
+
+
+class Architecture(StrEnum):
+    SD1 = "sd1"
+    SD2 = "sd2"
+    SDXL = "sdxl"
+    UNKNOWN = "unknown"
+
+
+class WeightFormat(StrEnum):
+    DIFFUSERS = "diffusers"  # a diffusers folder with model_index.json / config.json
+    SAFETENSORS = "safetensors"  # one single-file .safetensors checkpoint
+    PICKLE = "pickle"  # .ckpt / .pt / .bin: only loaded when the operator opts in
+
+
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """Per-model defaults, in protocol-neutral names; None = the server-wide default."""
+
+    steps: int | None = None
+    guidance_scale: float | None = None
+    sampler: str | None = None
+    clip_skip: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    code: str  # unique model code within its kind
+    name: str  # display name
+    kind: ModelKind
+    architecture: Architecture
+    path: Path
+    weight_format: WeightFormat
+    inpainting: bool = False
+    config_dir: Path | None = None  # explicit architecture config folder (else the bundled one)
+    defaults: InferenceDefaults = field(default_factory=InferenceDefaults)
+    trigger_words: tuple[str, ...] = ()
+    description: str = ""
+    is_demo: bool = False
+
+
+# Public codes that clients of the hosted APIs send without knowing what is installed. They resolve
+# to the default checkpoint unless the manifest maps them to a model of its own.
+DEFAULT_CHECKPOINT_ALIASES: tuple[str, ...] = (
+    "PICPIK General",
+    "PICPIK Anime",
+    "PICPIK Interior Design",
+)
+
+
+class UnknownModelError(LookupError):
+    def __init__(self, identifier: str, kind: ModelKind) -> None:
+        super().__init__(f"unknown {kind.value} model: {identifier!r}")
+        self.identifier = identifier
+        self.kind = kind
+
+
+class Catalogue:
+    """Lookups over a fixed set of specs; rebuilt, not mutated, when the models change."""
+
+    def __init__(
+        self,
+        specs: Iterable[ModelSpec],
+        *,
+        aliases: Mapping[str, str] | None = None,
+        default_checkpoint: str | None = None,
+    ) -> None:
+        self._specs: dict[tuple[ModelKind, str], ModelSpec] = {}
+        for spec in specs:
+            key = (spec.kind, spec.code)
+            if key in self._specs:
+                raise ValueError(f"two {spec.kind.value} models share the code {spec.code!r}")
+            self._specs[key] = spec
+        checkpoints = self.by_kind(ModelKind.CHECKPOINT)
+        real = [s for s in checkpoints if not s.is_demo]
+        if default_checkpoint is None and checkpoints:
+            default_checkpoint = (real or checkpoints)[0].code
+        if default_checkpoint is not None and (ModelKind.CHECKPOINT, default_checkpoint) not in (
+            self._specs
+        ):
+            raise ValueError(f"default checkpoint {default_checkpoint!r} is not installed")
+        self.default_checkpoint = default_checkpoint
+        self.aliases: dict[str, str] = {}
+        if default_checkpoint is not None:
+            self.aliases.update({alias: default_checkpoint for alias in DEFAULT_CHECKPOINT_ALIASES})
+        for alias, code in (aliases or {}).items():
+            if (ModelKind.CHECKPOINT, code) not in self._specs:
+                raise ValueError(f"alias {alias!r} points at {code!r}, which is not installed")
+            self.aliases[alias] = code
+
+    def by_kind(self, kind: ModelKind) -> list[ModelSpec]:
+        return [spec for (k, _), spec in self._specs.items() if k is kind]
+
+    def get(self, kind: ModelKind, code: str) -> ModelSpec | None:
+        return self._specs.get((kind, code))
+
+    def resolve(self, identifier: str | None, kind: ModelKind = ModelKind.CHECKPOINT) -> ModelSpec:
+        """A model code, a display name or an alias; None or "" means the default checkpoint."""
+        if not identifier:
+            if kind is ModelKind.CHECKPOINT and self.default_checkpoint is not None:
+                return self._specs[(kind, self.default_checkpoint)]
+            raise UnknownModelError(identifier or "", kind)
+        spec = self._specs.get((kind, identifier))
+        if spec is None and kind is ModelKind.CHECKPOINT and identifier in self.aliases:
+            spec = self._specs[(kind, self.aliases[identifier])]
+        if spec is None:
+            spec = next((s for s in self.by_kind(kind) if s.name == identifier), None)
+        if spec is None:
+            raise UnknownModelError(identifier, kind)
+        return spec

@@ -1,0 +1,95 @@
+"""A GPU worker: the one thread that touches its device and the pipelines loaded on it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+
+from models.cache import PipelineCache
+from models.catalogue import Catalogue, UnknownModelError
+from models.loader import ModelLoadError
+from pipelines.handle import JobHandle
+from pipelines.jobs import ErrorCode, JobError, JobProgress, JobResult, JobState
+from pipelines.queue import JobQueue
+from pipelines.runners import RUNNERS
+from pipelines.runners.common import RunContext, StepReporter
+
+log = logging.getLogger(__name__)
+
+
+def detect_devices() -> list[str]:
+    """Every visible CUDA device, else the CPU."""
+    if torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return ["cpu"]
+
+
+def default_dtype(device: str) -> torch.dtype:
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+class DeviceWorker(threading.Thread):
+    def __init__(
+        self,
+        device: str,
+        queue: JobQueue[JobHandle],
+        catalogue: Catalogue,
+        cache: PipelineCache,
+    ) -> None:
+        super().__init__(name=f"easel-worker-{device}", daemon=True)
+        self.device = device
+        self.queue = queue
+        self.catalogue = catalogue
+        self.cache = cache
+        self.current: JobHandle | None = None
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            handle = self.queue.take(timeout=0.2)
+            if handle is None:
+                continue
+            self.current = handle
+            try:
+                self._run_one(handle)
+            finally:
+                self.current = None
+
+    def _run_one(self, handle: JobHandle) -> None:
+        job = handle.job
+        if handle.cancel_requested:
+            handle.fail_cancelled()
+            return
+        handle.report(JobProgress(JobState.RUNNING, 0, job.steps))
+        try:
+            pipe = self.cache.get(self.catalogue.resolve(job.model))
+            context = RunContext(self.device, self._step_reporter(handle))
+            with torch.inference_mode():
+                images = RUNNERS[job.kind](pipe, job, context)
+            handle.finish(JobResult(tuple(images), job.seeds))
+        except JobError as error:
+            handle.fail(error)
+        except UnknownModelError as error:
+            handle.fail(JobError(ErrorCode.UNKNOWN_MODEL, str(error)))
+        except ModelLoadError as error:
+            handle.fail(JobError(ErrorCode.MODEL_UNAVAILABLE, str(error)))
+        except torch.OutOfMemoryError:
+            log.exception("job %s ran out of memory on %s", handle.job_id, self.device)
+            handle.fail(JobError(ErrorCode.OUT_OF_MEMORY, "the device ran out of memory"))
+        except Exception as error:  # a bug or a broken model must not kill the worker
+            log.exception("job %s failed", handle.job_id)
+            handle.fail(JobError(ErrorCode.INTERNAL, f"internal error: {type(error).__name__}"))
+
+    @staticmethod
+    def _step_reporter(handle: JobHandle) -> StepReporter:
+        def report(step: int, total: int) -> None:
+            if handle.cancel_requested:
+                raise JobError(ErrorCode.CANCELLED, "the task was terminated by request")
+            handle.report(JobProgress(JobState.RUNNING, step, total))
+
+        return report

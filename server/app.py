@@ -1,0 +1,108 @@
+"""The FastAPI application: front ends over one engine, task store and result store.
+
+Everything long-lived is created in build_app and started by the lifespan, so importing this
+module has no side effects and tests can build as many apps as they like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from pipelines.engine import Engine
+from pipelines.jobs import ErrorCode
+from server.keys import KeyStore
+from server.picpik.router import picpik_router
+from server.picpik.serving import PicpikService
+from server.results import RESULTS_ROUTE, ResultStore
+from server.settings import Settings
+from server.taskstore import SqliteTaskStore, TaskStore
+from server.tracking import TaskTracker
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 600.0
+
+
+@dataclass
+class Services:
+    """What the routes share; exposed on app.state.services for tests and tools."""
+
+    settings: Settings
+    engine: Engine
+    store: TaskStore
+    results: ResultStore
+    tracker: TaskTracker
+    keys: KeyStore
+
+
+def sweep_expired(services: Services) -> int:
+    """Delete task records and images older than the retention time; how many tasks went."""
+    before = time.time() - services.settings.retention_hours * 3600
+    expired = [r for r in services.store.expired(before) if r.status.ended]
+    for record in expired:
+        for image_id in record.image_ids:
+            services.results.delete(image_id)
+        services.store.delete(record.task_id)
+    return len(expired)
+
+
+def build_app(settings: Settings, engine: Engine, keys: KeyStore | None = None) -> FastAPI:
+    store = SqliteTaskStore(settings.data_dir / "tasks.sqlite3")
+    results = ResultStore(settings.data_dir / "results")
+    services = Services(settings, engine, store, results, TaskTracker(store, results),
+                        keys or KeyStore())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        interrupted = store.interrupt_unfinished(
+            ErrorCode.INTERRUPTED.value,
+            "the server restarted before the task finished: submit it again",
+        )
+        if interrupted:
+            log.warning("%d task(s) were interrupted by the last shutdown", len(interrupted))
+        await engine.start()
+        sweeper = asyncio.get_running_loop().create_task(_sweep_forever(services))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await engine.stop()
+            await services.tracker.drain()
+            store.close()
+
+    app = FastAPI(title="easel", version="0.1.0", lifespan=lifespan)
+    app.state.services = services
+    picpik = PicpikService(engine, store, services.tracker, services.keys, settings.public_url)
+    app.include_router(picpik_router(picpik))
+
+    @app.get(RESULTS_ROUTE + "/{image_id}.png", tags=["results"], response_model=None)
+    async def result_image(image_id: str) -> Response:
+        path = results.path(image_id)
+        if path is None:
+            return JSONResponse({"error": "image not found"}, status_code=404)
+        return FileResponse(path, media_type="image/png")
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+async def _sweep_forever(services: Services) -> None:
+    while True:
+        try:
+            swept = await asyncio.to_thread(sweep_expired, services)
+            if swept:
+                log.info("swept %d expired task(s)", swept)
+        except Exception:
+            log.exception("sweeping expired results failed")
+        await asyncio.sleep(SWEEP_INTERVAL_S)

@@ -1,0 +1,168 @@
+"""The `easel` command: `easel serve` runs the server, `easel models` lists the catalogue.
+
+Every option can also come from an EASEL_* environment variable (the flag wins), so a container
+is configured with its environment alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipelines.engine import Engine, EngineConfig
+from pipelines.jobs import ModelInfo
+from server.keys import KeysFileError, KeyStore
+from server.settings import Settings
+
+log = logging.getLogger("easel")
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"EASEL_{name}", default)
+
+
+def _env_flag(name: str) -> bool:
+    return (_env(name) or "").strip().lower() in _TRUE
+
+
+def _add_storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", "easel-data")),
+                        help="task store, results and the demo model (EASEL_DATA_DIR)")
+    parser.add_argument("--models-dir", type=Path, default=_env("MODELS_DIR"),
+                        help="checkpoints, LoRAs... (EASEL_MODELS_DIR; default DATA_DIR/models)")
+    parser.add_argument("--allow-pickle", action="store_true", default=_env_flag("ALLOW_PICKLE"),
+                        help="also load .ckpt/.pt/.bin checkpoints, which can run code "
+                        "(EASEL_ALLOW_PICKLE=1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="easel", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API server")
+    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="(EASEL_HOST)")
+    serve.add_argument("--port", type=int, default=int(_env("PORT", "7860") or 7860),
+                       help="(EASEL_PORT)")
+    _add_storage_options(serve)
+    serve.add_argument("--keys-file", type=Path, default=_env("KEYS_FILE"),
+                       help="API keys; without it the server runs open (EASEL_KEYS_FILE)")
+    serve.add_argument("--public-url", default=_env("PUBLIC_URL"),
+                       help="base of result image URLs, e.g. behind a proxy (EASEL_PUBLIC_URL)")
+    serve.add_argument("--insecure", action="store_true", default=_env_flag("INSECURE"),
+                       help="serve without keys on a non-loopback address (EASEL_INSECURE=1)")
+    serve.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", "64") or 64),
+                       help="jobs waiting beyond this are refused as busy (EASEL_MAX_QUEUE)")
+    serve.add_argument("--devices", default=_env("DEVICES", ""),
+                       help="comma-separated torch devices, e.g. cuda:0,cuda:1 (EASEL_DEVICES; "
+                       "default: every GPU, else the CPU)")
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), help="(EASEL_LOG_LEVEL)")
+
+    models = commands.add_parser("models", help="list the model catalogue")
+    _add_storage_options(models)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        models_dir=Path(args.models_dir) if args.models_dir else None,
+        keys_file=Path(args.keys_file) if args.keys_file else None,
+        public_url=args.public_url or None,
+        insecure=args.insecure,
+        allow_pickle=args.allow_pickle,
+        max_queue=args.max_queue,
+        devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()),
+    )
+
+
+def open_engine(settings: Settings) -> Engine:
+    config = EngineConfig(
+        max_queue=settings.max_queue,
+        devices=settings.devices or None,
+        allow_pickle=settings.allow_pickle,
+    )
+    engine, notes = Engine.open(settings.resolved_models_dir, settings.data_dir, config)
+    for note in notes:
+        log.warning("%s", note)
+    return engine
+
+
+def _describe(model: ModelInfo, aliases: dict[str, str]) -> str:
+    public = [alias for alias, code in aliases.items() if code == model.code]
+    extra = f"  <- {', '.join(public)}" if public else ""
+    return f"{model.code:32} {model.architecture:6} {model.name}{extra}"
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import build_app
+
+    settings = settings_from_args(args)
+    try:
+        keys = KeyStore.load(settings.keys_file)
+    except KeysFileError as error:
+        log.error("%s", error)
+        return 2
+    if keys.empty and not settings.is_loopback and not settings.insecure:
+        log.error(
+            "refusing to serve on %s without API keys: pass --keys-file, bind to 127.0.0.1, "
+            "or accept an open server with --insecure",
+            settings.host,
+        )
+        return 2
+    try:
+        engine = open_engine(settings)
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
+    aliases = engine.model_aliases()
+    log.info("models directory: %s", settings.resolved_models_dir)
+    for model in engine.list_models():
+        log.info("model: %s", _describe(model, aliases))
+    log.info("devices: %s", ", ".join(engine.devices))
+    log.info("authentication: %s", "off (open server)" if keys.empty else "API keys required")
+    log.info("listening on http://%s:%d", settings.host, settings.port)
+    app = build_app(settings, engine, keys)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level.lower())
+    return 0
+
+
+def list_models(args: argparse.Namespace) -> int:
+    settings = Settings(
+        data_dir=args.data_dir,
+        models_dir=Path(args.models_dir) if args.models_dir else None,
+        allow_pickle=args.allow_pickle,
+    )
+    try:
+        engine = open_engine(settings)
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
+    aliases = engine.model_aliases()
+    print(f"models directory: {settings.resolved_models_dir}")
+    print(f"{'CODE':32} {'ARCH':6} NAME")
+    for model in engine.list_models():
+        print(_describe(model, aliases))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = getattr(args, "log_level", "info").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    handlers = {"serve": serve, "models": list_models}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Server settings: CLI flags, each also settable through an EASEL_* environment variable."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    data_dir: Path = Path("easel-data")
+    models_dir: Path | None = None  # None: <data_dir>/models
+    keys_file: Path | None = None
+    public_url: str | None = None  # base of result URLs; None: the URL the client called
+    insecure: bool = False  # serve without keys on a non-loopback address
+    allow_pickle: bool = False  # load .ckpt/.pt/.bin checkpoints (they can run code)
+    max_queue: int = 64
+    retention_hours: float = 24.0  # results and task records are swept after this
+    devices: tuple[str, ...] = ()  # empty: every CUDA device, else the CPU
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False

@@ -1,0 +1,65 @@
+"""Follow engine jobs to their end and keep the task store in step, for every protocol.
+
+Progress and state arrive on the event loop (the handle delivers them there); images are encoded
+and written in a helper thread so the loop never blocks on PNG encoding or the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pipelines.handle import JobHandle
+from pipelines.jobs import ErrorCode, JobError, JobProgress, JobState
+from server.results import ResultStore
+from server.taskstore import TaskStore
+
+log = logging.getLogger(__name__)
+
+_PROGRESS_STEP = 0.01  # store progress changes of at least 1%
+
+
+class TaskTracker:
+    def __init__(self, store: TaskStore, results: ResultStore) -> None:
+        self.store = store
+        self.results = results
+        self._followers: set[asyncio.Task[None]] = set()
+
+    def follow(self, task_id: str, handle: JobHandle) -> None:
+        last = [0.0]
+
+        def on_progress(progress: JobProgress) -> None:
+            if progress.state is JobState.RUNNING:
+                self.store.mark_running(task_id)
+                if progress.fraction - last[0] >= _PROGRESS_STEP or progress.fraction == 1.0:
+                    last[0] = progress.fraction
+                    self.store.set_progress(task_id, progress.fraction)
+                    log.debug("task %s at %.0f%%", task_id, 100 * progress.fraction)
+
+        handle.subscribe(on_progress)
+        follower = asyncio.get_running_loop().create_task(self._settle(task_id, handle))
+        self._followers.add(follower)
+        follower.add_done_callback(self._followers.discard)
+
+    async def _settle(self, task_id: str, handle: JobHandle) -> None:
+        try:
+            result = await handle.result()
+        except JobError as error:
+            log.info("task %s ended in error: %s (%s)", task_id, error.code.value, error.message)
+            self.store.fail(task_id, error.code.value, error.message)
+            return
+        try:
+            image_ids = await asyncio.to_thread(
+                lambda: [self.results.save_png(image) for image in result.images]
+            )
+        except OSError as error:
+            log.exception("task %s: cannot write its images", task_id)
+            self.store.fail(task_id, ErrorCode.INTERNAL.value, f"cannot store images: {error}")
+            return
+        self.store.finish(task_id, image_ids, [])
+        log.info("task %s finished with %d image(s)", task_id, len(image_ids))
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Let followers write what their jobs produced (at shutdown, after the engine stops)."""
+        if self._followers:
+            await asyncio.wait(set(self._followers), timeout=timeout)
