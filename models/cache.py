@@ -17,6 +17,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from models.catalogue import ModelSpec
+from models.compat import apply_compat
 from models.loader import load_pipeline
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class PipelineCache:
             dtype=self.dtype,
             **self._loader_options(),
         )
-        self._loaded[key] = pipe
+        self._loaded[key] = apply_compat(pipe)
         return pipe
 
     def _loader_options(self) -> dict[str, object]:

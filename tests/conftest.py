@@ -1,0 +1,60 @@
+"""Shared fixtures: the demo model built once per session, engines and in-process apps over it.
+
+Nothing here downloads: the demo model is built from code, like the server builds it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.demo import ensure_demo_model
+
+    root = tmp_path_factory.mktemp("demo")
+    ensure_demo_model(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_dir(demo_root: Path) -> Path:
+    from models.demo import DEMO_CODE
+
+    return demo_root / DEMO_CODE
+
+
+@pytest.fixture()
+def make_client(demo_dir: Path, tmp_path: Path) -> Iterator:
+    """make_client(max_queue=..., keys=...) -> a started TestClient over the demo model."""
+    from fastapi.testclient import TestClient
+
+    from models.catalogue import Catalogue
+    from models.demo import demo_spec
+    from pipelines.engine import Engine, EngineConfig
+    from server.app import build_app
+    from server.settings import Settings
+
+    clients: list[TestClient] = []
+
+    def make(*, max_queue: int = 64, keys=None, data_dir: Path | None = None) -> TestClient:
+        catalogue = Catalogue([demo_spec(demo_dir)])
+        engine = Engine(
+            catalogue, EngineConfig(max_queue=max_queue, devices=["cpu"], cache_dir=tmp_path)
+        )
+        settings = Settings(data_dir=data_dir or tmp_path / f"data{len(clients)}")
+        client = TestClient(build_app(settings, engine, keys))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)

@@ -1,0 +1,201 @@
+"""Parity: GenerateImages through the server gives the pixels of the direct diffusers call.
+
+Same model (the demo checkpoint), same seeds (image i of a batch uses Seed + i), same sampler;
+the PNGs the server writes are lossless, so the comparison is exact.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+)
+from PIL import Image
+
+from models.compat import apply_compat
+
+from tests.picpik_client import PicpikClient
+
+
+@pytest.fixture(scope="module")
+def reference(demo_dir: Path) -> StableDiffusionPipeline:
+    pipe = StableDiffusionPipeline.from_pretrained(demo_dir, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    # diffusers' clip-skip path needs the pre-transformers-5 attribute: the same bridge as the
+    # server's loader (models/compat.py); it changes no computation.
+    return apply_compat(pipe)
+
+
+def _generators(seed: int, count: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed + i) for i in range(count)]
+
+
+def _download(client: PicpikClient, detail: dict) -> list[np.ndarray]:
+    assert detail["Status"] == "Finished", detail
+    images = []
+    for url in detail["ImgList"]:
+        response = client.http.get(url)
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "image/png"
+        images.append(np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")))
+    return images
+
+
+def _data_uri(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _assert_same(server: list[np.ndarray], direct: list[Image.Image]) -> None:
+    assert len(server) == len(direct)
+    for got, want in zip(server, direct, strict=True):
+        assert got.shape == np.asarray(want).shape
+        assert np.array_equal(got, np.asarray(want))
+
+
+def test_txt2img_batch_matches_diffusers(make_client, reference) -> None:
+    client = PicpikClient(make_client())
+    detail = client.generate(
+        MainModel={"ModelCode": "PICPIK General", "InferenceParams": {"Steps": 6, "CFGScale": 5}},
+        PositivePrompts=["a red fox", "in the snow"],
+        NegativePrompts=["blurry"],
+        Width=64,
+        Height=96,
+        Seed=1234,
+        BatchSize=3,
+    )
+    assert detail["Seed"] == 1234
+    assert detail["Progress"] == 1.0
+    pipe = StableDiffusionPipeline(**reference.components)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(reference.scheduler.config)
+    direct = pipe(
+        prompt="a red fox, in the snow",
+        negative_prompt="blurry",
+        width=64,
+        height=96,
+        num_inference_steps=6,
+        guidance_scale=5.0,
+        num_images_per_prompt=3,
+        generator=_generators(1234, 3),
+    ).images
+    _assert_same(_download(client, detail), direct)
+
+
+def test_txt2img_sampler_clip_skip_and_rounded_size(make_client, reference) -> None:
+    client = PicpikClient(make_client())
+    detail = client.generate(
+        MainModel={
+            "ModelCode": "easel-demo",
+            "InferenceParams": {"Steps": 7, "Sampler": "DPM++ 2M Karras", "ClipSkip": 2},
+        },
+        PositivePrompts=["a lighthouse"],
+        Width=70,  # rounded to the nearest multiple of 8: 72
+        Height=67,  # -> 64
+        Seed=7,
+    )
+    pipe = StableDiffusionPipeline(**reference.components)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        reference.scheduler.config, use_karras_sigmas=True
+    )
+    direct = pipe(
+        prompt="a lighthouse",
+        width=72,
+        height=64,
+        num_inference_steps=7,
+        guidance_scale=7.5,
+        generator=_generators(7, 1),
+        clip_skip=1,  # A1111 ClipSkip 2 = diffusers clip_skip 1
+    ).images
+    _assert_same(_download(client, detail), direct)
+
+
+def test_random_seed_is_reported_and_reproduces(make_client, reference) -> None:
+    client = PicpikClient(make_client())
+    detail = client.generate(
+        MainModel={"InferenceParams": {"Steps": 6}}, PositivePrompts=["x"], Width=64, Height=64,
+        Seed=-1, BatchSize=2,
+    )
+    seed = detail["Seed"]
+    assert 0 <= seed <= 2147483647
+    pipe = StableDiffusionPipeline(**reference.components)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(reference.scheduler.config)
+    direct = pipe(prompt="x", width=64, height=64, num_inference_steps=6, guidance_scale=7.5,
+                  num_images_per_prompt=2, generator=_generators(seed, 2)).images
+    _assert_same(_download(client, detail), direct)
+
+
+def test_img2img_batch_matches_diffusers(make_client, reference) -> None:
+    client = PicpikClient(make_client())
+    init = Image.effect_noise((64, 64), 80).convert("RGB")
+    detail = client.generate(
+        MainModel={"InferenceParams": {"Steps": 10}},
+        PositivePrompts=["a painting"],
+        Image2Image={"ImageIndex": 1, "ReferStrength": 0.3},
+        ImageAndMaskList=["", _data_uri(init)],
+        Width=64,
+        Height=64,
+        Seed=99,
+        BatchSize=2,
+    )
+    pipe = StableDiffusionImg2ImgPipeline(**reference.components)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(reference.scheduler.config)
+    direct = pipe(
+        prompt="a painting",
+        image=init,
+        strength=0.7,  # ReferStrength 0.3: keep 30% of the reference
+        num_inference_steps=10,
+        guidance_scale=7.5,
+        num_images_per_prompt=2,
+        generator=_generators(99, 2),
+    ).images
+    _assert_same(_download(client, detail), direct)
+
+
+def test_img2img_just_resize_fits_the_reference_first(make_client, reference) -> None:
+    client = PicpikClient(make_client())
+    init = Image.effect_noise((100, 50), 80).convert("RGB")
+    detail = client.generate(
+        MainModel={"InferenceParams": {"Steps": 8}},
+        PositivePrompts=["a boat"],
+        Image2Image={"ImageIndex": 0, "ReferStrength": 0.5, "ResizeMode": "JustResize"},
+        ImageAndMaskList=[_data_uri(init)],
+        Width=64,
+        Height=64,
+        Seed=3,
+    )
+    pipe = StableDiffusionImg2ImgPipeline(**reference.components)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(reference.scheduler.config)
+    direct = pipe(
+        prompt="a boat",
+        image=init.resize((64, 64), Image.Resampling.LANCZOS),
+        strength=0.5,
+        num_inference_steps=8,
+        guidance_scale=7.5,
+        generator=_generators(3, 1),
+    ).images
+    _assert_same(_download(client, detail), direct)
+
+
+def test_full_refer_strength_returns_the_fitted_reference(make_client) -> None:
+    client = PicpikClient(make_client())
+    init = Image.effect_noise((64, 64), 80).convert("RGB")
+    detail = client.generate(
+        PositivePrompts=["unused"],
+        Image2Image={"ImageIndex": 0, "ReferStrength": 1},
+        ImageAndMaskList=[_data_uri(init)],
+        Width=64,
+        Height=64,
+        BatchSize=2,
+    )
+    for got in _download(client, detail):
+        assert np.array_equal(got, np.asarray(init))
