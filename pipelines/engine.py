@@ -101,12 +101,13 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop taking jobs; running jobs are asked to stop; waiting ones end as interrupted."""
+        shutdown = JobError(ErrorCode.INTERRUPTED, "the server shut down before the task finished")
         for handle in self._queue.close():
-            handle.fail(JobError(ErrorCode.INTERRUPTED, "the server shut down before the task ran"))
+            handle.fail(shutdown)
         for worker in self._workers:
             worker.stop()
             if worker.current is not None:
-                worker.current.cancel()
+                worker.current.cancel(shutdown)
         for worker in self._workers:
             await asyncio.to_thread(worker.join, 30)
         self._workers.clear()

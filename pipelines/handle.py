@@ -15,6 +15,8 @@ from pipelines.jobs import ErrorCode, GenerationJob, JobError, JobProgress, JobR
 
 ProgressListener = Callable[[JobProgress], None]
 
+CANCELLED_BY_REQUEST = JobError(ErrorCode.CANCELLED, "the task was terminated by request")
+
 
 class JobHandle:
     def __init__(
@@ -33,6 +35,7 @@ class JobHandle:
         self._cancel_requested = threading.Event()
         self._outcome: asyncio.Future[JobResult] = loop.create_future()
         self._listeners: list[ProgressListener] = []
+        self._cancel_reason = CANCELLED_BY_REQUEST
 
     # --- front-end side (event loop thread) ---
 
@@ -53,8 +56,13 @@ class JobHandle:
         """The images, or JobError (cancelled, out of memory, ...)."""
         return await asyncio.shield(self._outcome)
 
-    def cancel(self) -> None:
-        """Ask the job to stop: a queued job is dropped, a running one stops at its next step."""
+    def cancel(self, reason: JobError | None = None) -> None:
+        """Ask the job to stop: a queued job is dropped, a running one stops at its next step.
+
+        It then fails with reason (default: cancelled by request).
+        """
+        with self._lock:
+            self._cancel_reason = reason or CANCELLED_BY_REQUEST
         self._cancel_requested.set()
         self._on_cancel(self)
 
@@ -80,8 +88,13 @@ class JobHandle:
         self.report(JobProgress(JobState.FAILED, progress.step, progress.total_steps))
         self._loop.call_soon_threadsafe(self._settle, None, error)
 
+    @property
+    def cancel_reason(self) -> JobError:
+        with self._lock:
+            return self._cancel_reason
+
     def fail_cancelled(self) -> None:
-        self.fail(JobError(ErrorCode.CANCELLED, "the task was terminated by request"))
+        self.fail(self.cancel_reason)
 
     # --- event loop internals ---
 

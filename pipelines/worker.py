@@ -89,7 +89,7 @@ class DeviceWorker(threading.Thread):
     def _step_reporter(handle: JobHandle) -> StepReporter:
         def report(step: int, total: int) -> None:
             if handle.cancel_requested:
-                raise JobError(ErrorCode.CANCELLED, "the task was terminated by request")
+                raise handle.cancel_reason
             handle.report(JobProgress(JobState.RUNNING, step, total))
 
         return report
