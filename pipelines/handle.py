@@ -80,7 +80,9 @@ class JobHandle:
         self._loop.call_soon_threadsafe(self._notify, progress)
 
     def finish(self, result: JobResult) -> None:
-        self.report(JobProgress(JobState.FINISHED, self.progress.total_steps, self.progress.total_steps))
+        self.report(
+            JobProgress(JobState.FINISHED, self.progress.total_steps, self.progress.total_steps)
+        )
         self._loop.call_soon_threadsafe(self._settle, result, None)
 
     def fail(self, error: JobError) -> None:

@@ -57,8 +57,9 @@ def sweep_expired(services: Services) -> int:
 def build_app(settings: Settings, engine: Engine, keys: KeyStore | None = None) -> FastAPI:
     store = SqliteTaskStore(settings.data_dir / "tasks.sqlite3")
     results = ResultStore(settings.data_dir / "results")
-    services = Services(settings, engine, store, results, TaskTracker(store, results),
-                        keys or KeyStore())
+    services = Services(
+        settings, engine, store, results, TaskTracker(store, results), keys or KeyStore()
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -32,13 +32,24 @@ def _env_flag(name: str) -> bool:
 
 
 def _add_storage_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", "easel-data")),
-                        help="task store, results and the demo model (EASEL_DATA_DIR)")
-    parser.add_argument("--models-dir", type=Path, default=_env("MODELS_DIR"),
-                        help="checkpoints, LoRAs... (EASEL_MODELS_DIR; default DATA_DIR/models)")
-    parser.add_argument("--allow-pickle", action="store_true", default=_env_flag("ALLOW_PICKLE"),
-                        help="also load .ckpt/.pt/.bin checkpoints, which can run code "
-                        "(EASEL_ALLOW_PICKLE=1)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(_env("DATA_DIR", "easel-data")),
+        help="task store, results and the demo model (EASEL_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=_env("MODELS_DIR"),
+        help="checkpoints, LoRAs... (EASEL_MODELS_DIR; default DATA_DIR/models)",
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        default=_env_flag("ALLOW_PICKLE"),
+        help="also load .ckpt/.pt/.bin checkpoints, which can run code (EASEL_ALLOW_PICKLE=1)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,20 +58,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the API server")
     serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="(EASEL_HOST)")
-    serve.add_argument("--port", type=int, default=int(_env("PORT", "7860") or 7860),
-                       help="(EASEL_PORT)")
+    serve.add_argument(
+        "--port", type=int, default=int(_env("PORT", "7860") or 7860), help="(EASEL_PORT)"
+    )
     _add_storage_options(serve)
-    serve.add_argument("--keys-file", type=Path, default=_env("KEYS_FILE"),
-                       help="API keys; without it the server runs open (EASEL_KEYS_FILE)")
-    serve.add_argument("--public-url", default=_env("PUBLIC_URL"),
-                       help="base of result image URLs, e.g. behind a proxy (EASEL_PUBLIC_URL)")
-    serve.add_argument("--insecure", action="store_true", default=_env_flag("INSECURE"),
-                       help="serve without keys on a non-loopback address (EASEL_INSECURE=1)")
-    serve.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", "64") or 64),
-                       help="jobs waiting beyond this are refused as busy (EASEL_MAX_QUEUE)")
-    serve.add_argument("--devices", default=_env("DEVICES", ""),
-                       help="comma-separated torch devices, e.g. cuda:0,cuda:1 (EASEL_DEVICES; "
-                       "default: every GPU, else the CPU)")
+    serve.add_argument(
+        "--keys-file",
+        type=Path,
+        default=_env("KEYS_FILE"),
+        help="API keys; without it the server runs open (EASEL_KEYS_FILE)",
+    )
+    serve.add_argument(
+        "--public-url",
+        default=_env("PUBLIC_URL"),
+        help="base of result image URLs, e.g. behind a proxy (EASEL_PUBLIC_URL)",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_env_flag("INSECURE"),
+        help="serve without keys on a non-loopback address (EASEL_INSECURE=1)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=int(_env("MAX_QUEUE", "64") or 64),
+        help="jobs waiting beyond this are refused as busy (EASEL_MAX_QUEUE)",
+    )
+    serve.add_argument(
+        "--devices",
+        default=_env("DEVICES", ""),
+        help="comma-separated torch devices, e.g. cuda:0,cuda:1 (EASEL_DEVICES; "
+        "default: every GPU, else the CPU)",
+    )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), help="(EASEL_LOG_LEVEL)")
 
     models = commands.add_parser("models", help="list the model catalogue")
@@ -158,8 +188,9 @@ def list_models(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = getattr(args, "log_level", "info").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     handlers = {"serve": serve, "models": list_models}
     return handlers[args.command](args)
 

@@ -47,9 +47,11 @@ class KeyStore:
             raise KeysFileError(f"{path}: expected a JSON object with 'picpik' / 'runware' lists")
         picpik: dict[str, str] = {}
         for i, entry in enumerate(data.get("picpik", [])):
-            pub, priv = (entry.get("public_key"), entry.get("private_key")) if isinstance(
-                entry, dict
-            ) else (None, None)
+            pub, priv = (
+                (entry.get("public_key"), entry.get("private_key"))
+                if isinstance(entry, dict)
+                else (None, None)
+            )
             if not (isinstance(pub, str) and pub and isinstance(priv, str) and priv):
                 raise KeysFileError(f"{path}: picpik[{i}] needs public_key and private_key")
             picpik[pub] = priv

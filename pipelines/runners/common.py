@@ -34,7 +34,7 @@ def make_scheduler(base: Any, sampler: str | None) -> Any:
 
 
 def generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per image: the noise of image i depends on seeds[i] alone, on any device."""
+    """One CPU generator per image: image i's noise depends on seeds[i] alone, on any device."""
     return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
 

@@ -11,7 +11,9 @@ from server.picpik.serving import PicpikService
 def picpik_router(service: PicpikService, path: str = "/") -> APIRouter:
     router = APIRouter()
 
-    @router.post(path, tags=["PICPIK"], summary="PICPIK action (GenerateImages, ListTasksDetails...)")
+    @router.post(
+        path, tags=["PICPIK"], summary="PICPIK action (GenerateImages, ListTasksDetails...)"
+    )
     async def picpik_action(request: Request) -> JSONResponse:
         return JSONResponse(await service.handle(await request.body(), str(request.base_url)))
 

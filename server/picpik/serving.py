@@ -61,10 +61,21 @@ STATUS_NAMES: dict[TaskStatus, str] = {
 # Actions of the real API that later issues implement; until then they get UNSUPPORTED.
 NOT_YET_SERVED = frozenset(
     {
-        "ModifyMaskedPixels", "ApplyReferenceStyle", "GenerateBackgrounds", "ListControlNets",
-        "RemoveBackground", "RemoveBackgroundsInBatch", "ExtractContents", "RemoveContents",
-        "ResizeImage", "RestoreFaces", "SwitchFace", "DescribeImages", "ApplyReferencePattern",
-        "GeneratePatternsFromImage", "TranslatePrompts",
+        "ModifyMaskedPixels",
+        "ApplyReferenceStyle",
+        "GenerateBackgrounds",
+        "ListControlNets",
+        "RemoveBackground",
+        "RemoveBackgroundsInBatch",
+        "ExtractContents",
+        "RemoveContents",
+        "ResizeImage",
+        "RestoreFaces",
+        "SwitchFace",
+        "DescribeImages",
+        "ApplyReferencePattern",
+        "GeneratePatternsFromImage",
+        "TranslatePrompts",
     }
 )
 
@@ -82,7 +93,7 @@ Handler = Callable[[dict[str, Any], Caller], Awaitable[dict[str, Any]]]
 
 def round_side(value: int) -> int:
     """Round a side to the model's multiple of 8 (64..2560 stay in range)."""
-    return max(64, int(math.floor(value / SIZE_MULTIPLE + 0.5)) * SIZE_MULTIPLE)
+    return max(64, math.floor(value / SIZE_MULTIPLE + 0.5) * SIZE_MULTIPLE)
 
 
 def point_cost(width: int, height: int, steps: int, images: int) -> int:
@@ -141,28 +152,42 @@ class PicpikService:
         try:
             body = self._decode(raw)
             action = body["Action"]
-            request_uuid = body.get("request_uuid") if isinstance(body.get("request_uuid"), str) else ""
+            request_uuid = (
+                body.get("request_uuid") if isinstance(body.get("request_uuid"), str) else ""
+            )
             caller = Caller(self._authenticate(body), self.public_url or base_url)
             handler = self.handlers.get(action)
             if handler is None:
                 if action in NOT_YET_SERVED:
                     raise PicpikError(
-                        RetCode.UNSUPPORTED, f"the action {action} is not supported by this server yet"
+                        RetCode.UNSUPPORTED,
+                        f"the action {action} is not supported by this server yet",
                     )
                 raise PicpikError(RetCode.UNKNOWN_ACTION, f"unknown action {action!r}")
             payload = await handler(body, caller)
-            return {"RetCode": 0, "Action": action, "Message": "", "request_uuid": request_uuid,
-                    **payload}
+            return {
+                "RetCode": 0,
+                "Action": action,
+                "Message": "",
+                "request_uuid": request_uuid,
+                **payload,
+            }
         except PicpikError as error:
             return self._error(error.code, error.message, action, request_uuid)
         except Exception:
             log.exception("PICPIK %s failed", action or "request")
-            return self._error(RetCode.INTERNAL_ERROR, "internal server error", action, request_uuid)
+            return self._error(
+                RetCode.INTERNAL_ERROR, "internal server error", action, request_uuid
+            )
 
     @staticmethod
     def _error(code: RetCode, message: str, action: str, request_uuid: str) -> dict[str, Any]:
-        return {"RetCode": int(code), "Action": action, "Message": message,
-                "request_uuid": request_uuid}
+        return {
+            "RetCode": int(code),
+            "Action": action,
+            "Message": message,
+            "request_uuid": request_uuid,
+        }
 
     @staticmethod
     def _decode(raw: bytes) -> dict[str, Any]:
@@ -203,7 +228,9 @@ class PicpikService:
             ("Tileable", bool(req.Tileable)),
         ):
             if used:
-                raise PicpikError(RetCode.UNSUPPORTED, f"{name} is not supported by this server yet")
+                raise PicpikError(
+                    RetCode.UNSUPPORTED, f"{name} is not supported by this server yet"
+                )
         model = self._main_model(req.MainModel)
         params = (req.MainModel.InferenceParams if req.MainModel else None) or wire.Params()
         sampler = params.Sampler or model.default_sampler or DEFAULT_SAMPLER
@@ -216,11 +243,17 @@ class PicpikService:
         height = round_side(req.Height or DEFAULT_SIDE)
         steps = params.Steps or model.default_steps or DEFAULT_STEPS
         seed = req.Seed if req.Seed >= 0 else secrets.randbelow(2147483647)
-        kind, init_image, strength, resize_mode = JobKind.TXT2IMG, None, 0.0, ResizeMode.RESIZE_AND_FILL
+        kind, init_image, strength, resize_mode = (
+            JobKind.TXT2IMG,
+            None,
+            0.0,
+            ResizeMode.RESIZE_AND_FILL,
+        )
         if req.Image2Image is not None:
             kind = JobKind.IMG2IMG
-            init_image = await self._image(req.ImageAndMaskList, req.Image2Image.ImageIndex,
-                                           "Image2Image.ImageIndex")
+            init_image = await self._image(
+                req.ImageAndMaskList, req.Image2Image.ImageIndex, "Image2Image.ImageIndex"
+            )
             strength = 1.0 - req.Image2Image.ReferStrength
             resize_mode = RESIZE_MODES[req.Image2Image.ResizeMode]
         job = GenerationJob(
@@ -242,10 +275,17 @@ class PicpikService:
             owner=caller.owner,
         )
         summary = {
-            "model": model.code, "kind": kind.value, "width": width, "height": height,
-            "steps": steps, "sampler": sampler, "batch_size": req.BatchSize,
-            "prompt": job.prompt, "negative_prompt": job.negative_prompt,
-            "guidance_scale": job.guidance_scale, "clip_skip": job.clip_skip,
+            "model": model.code,
+            "kind": kind.value,
+            "width": width,
+            "height": height,
+            "steps": steps,
+            "sampler": sampler,
+            "batch_size": req.BatchSize,
+            "prompt": job.prompt,
+            "negative_prompt": job.negative_prompt,
+            "guidance_scale": job.guidance_scale,
+            "clip_skip": job.clip_skip,
             "strength": strength,
         }
         cost = point_cost(width, height, steps, req.BatchSize)
@@ -257,7 +297,9 @@ class PicpikService:
         try:
             return self.engine.resolve_model(identifier)
         except JobError as error:
-            raise PicpikError(RetCode.UNKNOWN_MODEL, f"invalid MainModel: {error.message}") from None
+            raise PicpikError(
+                RetCode.UNKNOWN_MODEL, f"invalid MainModel: {error.message}"
+            ) from None
 
     async def _image(self, images: list[str] | None, index: int, field: str) -> Image:
         images = images or []
@@ -276,8 +318,13 @@ class PicpikService:
     ) -> str:
         task_id = uuid.uuid4().hex
         record = TaskRecord(
-            task_id=task_id, protocol=PROTOCOL, action=action, owner=caller.owner,
-            seeds=list(job.seeds), cost=cost, params=summary,
+            task_id=task_id,
+            protocol=PROTOCOL,
+            action=action,
+            owner=caller.owner,
+            seeds=list(job.seeds),
+            cost=cost,
+            params=summary,
         )
         self.store.create(record)
         try:
@@ -320,8 +367,11 @@ class PicpikService:
         )
 
     async def list_running_tasks(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        return {"TaskUIDList": [r.task_id for r in self.store.unfinished(caller.owner)
-                                if r.protocol == PROTOCOL]}
+        return {
+            "TaskUIDList": [
+                r.task_id for r in self.store.unfinished(caller.owner) if r.protocol == PROTOCOL
+            ]
+        }
 
     async def terminate_task(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         req = parse(wire.TerminateTaskRequest, body)
@@ -340,17 +390,29 @@ class PicpikService:
         checkpoints = {m.code: m for m in self.engine.list_models("checkpoint")}
         for alias, code in self.engine.model_aliases().items():
             target = checkpoints[code]
-            main[alias] = _model_entry(target, name=alias, code=alias, official=True,
-                                       description=f"resolves to {target.name} ({code})")
+            main[alias] = _model_entry(
+                target,
+                name=alias,
+                code=alias,
+                official=True,
+                description=f"resolves to {target.name} ({code})",
+            )
         for model in checkpoints.values():
             name = model.name if model.name not in main else model.code
             main[name] = _model_entry(model, name=name, code=model.code, official=False)
-        return {"MainModels": main, "LoraModels": {}, "EmbeddingModels": {},
-                "HypernetworkModels": {}}
+        return {
+            "MainModels": main,
+            "LoraModels": {},
+            "EmbeddingModels": {},
+            "HypernetworkModels": {},
+        }
 
     async def get_credit_balance(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        return {"TotalCredits": UNLIMITED_CREDITS, "UsedCredits": self.store.usage(caller.owner),
-                "ExpireTimestamp": 0}
+        return {
+            "TotalCredits": UNLIMITED_CREDITS,
+            "UsedCredits": self.store.usage(caller.owner),
+            "ExpireTimestamp": 0,
+        }
 
 
 def _join(prompts: list[str] | None) -> str:

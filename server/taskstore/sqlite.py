@@ -99,8 +99,13 @@ class SqliteTaskStore:
         self._execute(
             "UPDATE tasks SET status = ?, progress = 1, image_ids = ?, texts = ?, updated_at = ?"
             " WHERE task_id = ?",
-            (TaskStatus.FINISHED.value, json.dumps(image_ids), json.dumps(texts), time.time(),
-             task_id),
+            (
+                TaskStatus.FINISHED.value,
+                json.dumps(image_ids),
+                json.dumps(texts),
+                time.time(),
+                task_id,
+            ),
         )
 
     def fail(self, task_id: str, error_code: str, error_message: str) -> None:
@@ -148,8 +153,21 @@ class SqliteTaskStore:
 
 
 _COLUMNS = (
-    "task_id", "protocol", "action", "owner", "status", "progress", "created_at", "updated_at",
-    "seeds", "image_ids", "texts", "cost", "error_code", "error_message", "params",
+    "task_id",
+    "protocol",
+    "action",
+    "owner",
+    "status",
+    "progress",
+    "created_at",
+    "updated_at",
+    "seeds",
+    "image_ids",
+    "texts",
+    "cost",
+    "error_code",
+    "error_message",
+    "params",
 )
 
 

@@ -26,15 +26,24 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir.parent / f"{data_dir.name}-server-{self.port}.log"
         self.args = [
-            sys.executable, "-m", "server.cli", "serve", "--port", str(self.port),
-            "--data-dir", str(data_dir), *extra_args,
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+            *extra_args,
         ]
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self.process = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

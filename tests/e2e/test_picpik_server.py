@@ -71,8 +71,13 @@ def test_task_running_at_shutdown_ends_as_interrupted(tmp_path: Path) -> None:
     with ServerProcess(data_dir) as server:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             client = PicpikClient(http)
-            reply = client.call("GenerateImages", PositivePrompts=["slow"], Width=512,
-                                Height=512, MainModel={"InferenceParams": {"Steps": 100}})
+            reply = client.call(
+                "GenerateImages",
+                PositivePrompts=["slow"],
+                Width=512,
+                Height=512,
+                MainModel={"InferenceParams": {"Steps": 100}},
+            )
             task_id = reply["TaskUID"]
         # SIGTERM: uvicorn shuts down gracefully, then re-raises the signal it caught.
         assert server.stop() in (0, -15)
@@ -87,9 +92,21 @@ def test_task_running_at_shutdown_ends_as_interrupted(tmp_path: Path) -> None:
 
 def test_refuses_an_open_server_on_a_public_address(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--host", "0.0.0.0",
-         "--port", str(free_port()), "--data-dir", str(tmp_path / "data")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "--insecure" in result.stderr
@@ -97,17 +114,25 @@ def test_refuses_an_open_server_on_a_public_address(tmp_path: Path) -> None:
 
 def test_environment_variables_configure_the_server(tmp_path: Path) -> None:
     port = free_port()
-    server = ServerProcess(tmp_path / "ignored", env={
-        "EASEL_PORT": str(port), "EASEL_DATA_DIR": str(tmp_path / "env-data"),
-        "EASEL_PUBLIC_URL": "https://images.example.test",
-    })
+    server = ServerProcess(
+        tmp_path / "ignored",
+        env={
+            "EASEL_PORT": str(port),
+            "EASEL_DATA_DIR": str(tmp_path / "env-data"),
+            "EASEL_PUBLIC_URL": "https://images.example.test",
+        },
+    )
     server.args = [sys.executable, "-m", "server.cli", "serve"]
     server.port, server.url = port, f"http://127.0.0.1:{port}"
     with server:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             client = PicpikClient(http)
-            detail = client.generate(PositivePrompts=["x"], Width=64, Height=64,
-                                     MainModel={"InferenceParams": {"Steps": 6}})
+            detail = client.generate(
+                PositivePrompts=["x"],
+                Width=64,
+                Height=64,
+                MainModel={"InferenceParams": {"Steps": 6}},
+            )
             assert detail["ImgList"][0].startswith("https://images.example.test/results/")
     assert (tmp_path / "env-data" / "tasks.sqlite3").exists()
 
@@ -115,7 +140,9 @@ def test_environment_variables_configure_the_server(tmp_path: Path) -> None:
 def test_easel_models_lists_the_catalogue(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "server.cli", "models", "--data-dir", str(tmp_path / "data")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "easel-demo" in result.stdout

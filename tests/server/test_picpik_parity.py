@@ -22,7 +22,6 @@ from diffusers import (
 from PIL import Image
 
 from models.compat import apply_compat
-
 from tests.picpik_client import PicpikClient
 
 
@@ -122,15 +121,26 @@ def test_txt2img_sampler_clip_skip_and_rounded_size(make_client, reference) -> N
 def test_random_seed_is_reported_and_reproduces(make_client, reference) -> None:
     client = PicpikClient(make_client())
     detail = client.generate(
-        MainModel={"InferenceParams": {"Steps": 6}}, PositivePrompts=["x"], Width=64, Height=64,
-        Seed=-1, BatchSize=2,
+        MainModel={"InferenceParams": {"Steps": 6}},
+        PositivePrompts=["x"],
+        Width=64,
+        Height=64,
+        Seed=-1,
+        BatchSize=2,
     )
     seed = detail["Seed"]
     assert 0 <= seed <= 2147483647
     pipe = StableDiffusionPipeline(**reference.components)
     pipe.scheduler = EulerDiscreteScheduler.from_config(reference.scheduler.config)
-    direct = pipe(prompt="x", width=64, height=64, num_inference_steps=6, guidance_scale=7.5,
-                  num_images_per_prompt=2, generator=_generators(seed, 2)).images
+    direct = pipe(
+        prompt="x",
+        width=64,
+        height=64,
+        num_inference_steps=6,
+        guidance_scale=7.5,
+        num_images_per_prompt=2,
+        generator=_generators(seed, 2),
+    ).images
     _assert_same(_download(client, detail), direct)
 
 

@@ -61,67 +61,172 @@ BAD_REQUESTS: list[tuple[str, dict, RetCode, str]] = [
     ("batch 17", _bad(BatchSize=17), RetCode.INVALID_PARAMETER, "BatchSize"),
     ("seed -2", _bad(Seed=-2), RetCode.INVALID_PARAMETER, "Seed"),
     ("seed too big", _bad(Seed=2147483648), RetCode.INVALID_PARAMETER, "Seed"),
-    ("steps 5", _bad(MainModel={"InferenceParams": {"Steps": 5}}), RetCode.INVALID_PARAMETER,
-     "MainModel.InferenceParams.Steps"),
-    ("steps 101", _bad(MainModel={"InferenceParams": {"Steps": 101}}),
-     RetCode.INVALID_PARAMETER, "Steps"),
-    ("cfg 0.5", _bad(MainModel={"InferenceParams": {"CFGScale": 0.5}}),
-     RetCode.INVALID_PARAMETER, "CFGScale"),
-    ("cfg 31", _bad(MainModel={"InferenceParams": {"CFGScale": 31}}),
-     RetCode.INVALID_PARAMETER, "CFGScale"),
-    ("clip skip 13", _bad(MainModel={"InferenceParams": {"ClipSkip": 13}}),
-     RetCode.INVALID_PARAMETER, "ClipSkip"),
-    ("clip skip 0", _bad(MainModel={"InferenceParams": {"ClipSkip": 0}}),
-     RetCode.INVALID_PARAMETER, "ClipSkip"),
-    ("unknown sampler", _bad(MainModel={"InferenceParams": {"Sampler": "Warp drive"}}),
-     RetCode.INVALID_PARAMETER, "Sampler"),
-    ("unknown model", _bad(MainModel={"ModelCode": "no-such-model"}), RetCode.UNKNOWN_MODEL,
-     "no-such-model"),
-    ("main model not an object", _bad(MainModel="PICPIK General"), RetCode.INVALID_PARAMETER,
-     "MainModel"),
-    ("prompts not a list", _bad(PositivePrompts="a cat"), RetCode.INVALID_PARAMETER,
-     "PositivePrompts"),
-    ("prompt not a string", _bad(PositivePrompts=["a", 3]), RetCode.INVALID_PARAMETER,
-     "PositivePrompts[1]"),
-    ("refer strength 1.5", _bad(Image2Image={"ImageIndex": 0, "ReferStrength": 1.5},
-                                ImageAndMaskList=[_png_b64()]), RetCode.INVALID_PARAMETER,
-     "Image2Image.ReferStrength"),
-    ("unknown resize mode", _bad(Image2Image={"ImageIndex": 0, "ResizeMode": "Squash"},
-                                 ImageAndMaskList=[_png_b64()]), RetCode.INVALID_PARAMETER,
-     "Image2Image.ResizeMode"),
-    ("negative image index", _bad(Image2Image={"ImageIndex": -1}, ImageAndMaskList=[_png_b64()]),
-     RetCode.INVALID_PARAMETER, "Image2Image.ImageIndex"),
-    ("image index out of range", _bad(Image2Image={"ImageIndex": 2},
-                                      ImageAndMaskList=[_png_b64()]),
-     RetCode.INVALID_PARAMETER, "out of range"),
-    ("no images at all", _bad(Image2Image={"ImageIndex": 0}), RetCode.INVALID_PARAMETER,
-     "out of range"),
-    ("empty image slot", _bad(Image2Image={"ImageIndex": 0}, ImageAndMaskList=["", ""]),
-     RetCode.INVALID_IMAGE, "ImageAndMaskList[0] is empty"),
-    ("bad base64", _bad(Image2Image={"ImageIndex": 0}, ImageAndMaskList=["data:image/png;base64,%%%"]),
-     RetCode.INVALID_IMAGE, "not valid base64"),
-    ("not an image", _bad(Image2Image={"ImageIndex": 0},
-                          ImageAndMaskList=[base64.b64encode(b"GIF? no.").decode()]),
-     RetCode.INVALID_IMAGE, "not a readable image"),
-    ("four controlnets", _bad(ControlNetList=[{}, {}, {}, {}]), RetCode.INVALID_PARAMETER,
-     "ControlNetList"),
-    ("controlnet not yet", _bad(ControlNetList=[{"ImageIndex": 0}]), RetCode.UNSUPPORTED,
-     "ControlNetList"),
-    ("lora not yet", _bad(SubModelList=[{"ModelCode": "x"}]), RetCode.UNSUPPORTED,
-     "SubModelList"),
+    (
+        "steps 5",
+        _bad(MainModel={"InferenceParams": {"Steps": 5}}),
+        RetCode.INVALID_PARAMETER,
+        "MainModel.InferenceParams.Steps",
+    ),
+    (
+        "steps 101",
+        _bad(MainModel={"InferenceParams": {"Steps": 101}}),
+        RetCode.INVALID_PARAMETER,
+        "Steps",
+    ),
+    (
+        "cfg 0.5",
+        _bad(MainModel={"InferenceParams": {"CFGScale": 0.5}}),
+        RetCode.INVALID_PARAMETER,
+        "CFGScale",
+    ),
+    (
+        "cfg 31",
+        _bad(MainModel={"InferenceParams": {"CFGScale": 31}}),
+        RetCode.INVALID_PARAMETER,
+        "CFGScale",
+    ),
+    (
+        "clip skip 13",
+        _bad(MainModel={"InferenceParams": {"ClipSkip": 13}}),
+        RetCode.INVALID_PARAMETER,
+        "ClipSkip",
+    ),
+    (
+        "clip skip 0",
+        _bad(MainModel={"InferenceParams": {"ClipSkip": 0}}),
+        RetCode.INVALID_PARAMETER,
+        "ClipSkip",
+    ),
+    (
+        "unknown sampler",
+        _bad(MainModel={"InferenceParams": {"Sampler": "Warp drive"}}),
+        RetCode.INVALID_PARAMETER,
+        "Sampler",
+    ),
+    (
+        "unknown model",
+        _bad(MainModel={"ModelCode": "no-such-model"}),
+        RetCode.UNKNOWN_MODEL,
+        "no-such-model",
+    ),
+    (
+        "main model not an object",
+        _bad(MainModel="PICPIK General"),
+        RetCode.INVALID_PARAMETER,
+        "MainModel",
+    ),
+    (
+        "prompts not a list",
+        _bad(PositivePrompts="a cat"),
+        RetCode.INVALID_PARAMETER,
+        "PositivePrompts",
+    ),
+    (
+        "prompt not a string",
+        _bad(PositivePrompts=["a", 3]),
+        RetCode.INVALID_PARAMETER,
+        "PositivePrompts[1]",
+    ),
+    (
+        "refer strength 1.5",
+        _bad(Image2Image={"ImageIndex": 0, "ReferStrength": 1.5}, ImageAndMaskList=[_png_b64()]),
+        RetCode.INVALID_PARAMETER,
+        "Image2Image.ReferStrength",
+    ),
+    (
+        "unknown resize mode",
+        _bad(Image2Image={"ImageIndex": 0, "ResizeMode": "Squash"}, ImageAndMaskList=[_png_b64()]),
+        RetCode.INVALID_PARAMETER,
+        "Image2Image.ResizeMode",
+    ),
+    (
+        "negative image index",
+        _bad(Image2Image={"ImageIndex": -1}, ImageAndMaskList=[_png_b64()]),
+        RetCode.INVALID_PARAMETER,
+        "Image2Image.ImageIndex",
+    ),
+    (
+        "image index out of range",
+        _bad(Image2Image={"ImageIndex": 2}, ImageAndMaskList=[_png_b64()]),
+        RetCode.INVALID_PARAMETER,
+        "out of range",
+    ),
+    (
+        "no images at all",
+        _bad(Image2Image={"ImageIndex": 0}),
+        RetCode.INVALID_PARAMETER,
+        "out of range",
+    ),
+    (
+        "empty image slot",
+        _bad(Image2Image={"ImageIndex": 0}, ImageAndMaskList=["", ""]),
+        RetCode.INVALID_IMAGE,
+        "ImageAndMaskList[0] is empty",
+    ),
+    (
+        "bad base64",
+        _bad(Image2Image={"ImageIndex": 0}, ImageAndMaskList=["data:image/png;base64,%%%"]),
+        RetCode.INVALID_IMAGE,
+        "not valid base64",
+    ),
+    (
+        "not an image",
+        _bad(
+            Image2Image={"ImageIndex": 0}, ImageAndMaskList=[base64.b64encode(b"GIF? no.").decode()]
+        ),
+        RetCode.INVALID_IMAGE,
+        "not a readable image",
+    ),
+    (
+        "four controlnets",
+        _bad(ControlNetList=[{}, {}, {}, {}]),
+        RetCode.INVALID_PARAMETER,
+        "ControlNetList",
+    ),
+    (
+        "controlnet not yet",
+        _bad(ControlNetList=[{"ImageIndex": 0}]),
+        RetCode.UNSUPPORTED,
+        "ControlNetList",
+    ),
+    ("lora not yet", _bad(SubModelList=[{"ModelCode": "x"}]), RetCode.UNSUPPORTED, "SubModelList"),
     ("tiling not yet", _bad(Tileable=True), RetCode.UNSUPPORTED, "Tileable"),
-    ("translate not a bool", _bad(TranslatePrompts="maybe"), RetCode.INVALID_PARAMETER,
-     "TranslatePrompts"),
-    ("details without ids", {"Action": "ListTasksDetails"}, RetCode.INVALID_PARAMETER,
-     "TaskUIDList"),
-    ("details empty ids", {"Action": "ListTasksDetails", "TaskUIDList": []},
-     RetCode.INVALID_PARAMETER, "TaskUIDList"),
-    ("details unknown id", {"Action": "ListTasksDetails", "TaskUIDList": ["nope"]},
-     RetCode.TASK_NOT_FOUND, "nope"),
-    ("details id not a string", {"Action": "ListTasksDetails", "TaskUIDList": [{"a": 1}]},
-     RetCode.INVALID_PARAMETER, "TaskUIDList[0]"),
-    ("terminate unknown", {"Action": "TerminateTask", "TaskUID": "nope"}, RetCode.TASK_NOT_FOUND,
-     "nope"),
+    (
+        "translate not a bool",
+        _bad(TranslatePrompts="maybe"),
+        RetCode.INVALID_PARAMETER,
+        "TranslatePrompts",
+    ),
+    (
+        "details without ids",
+        {"Action": "ListTasksDetails"},
+        RetCode.INVALID_PARAMETER,
+        "TaskUIDList",
+    ),
+    (
+        "details empty ids",
+        {"Action": "ListTasksDetails", "TaskUIDList": []},
+        RetCode.INVALID_PARAMETER,
+        "TaskUIDList",
+    ),
+    (
+        "details unknown id",
+        {"Action": "ListTasksDetails", "TaskUIDList": ["nope"]},
+        RetCode.TASK_NOT_FOUND,
+        "nope",
+    ),
+    (
+        "details id not a string",
+        {"Action": "ListTasksDetails", "TaskUIDList": [{"a": 1}]},
+        RetCode.INVALID_PARAMETER,
+        "TaskUIDList[0]",
+    ),
+    (
+        "terminate unknown",
+        {"Action": "TerminateTask", "TaskUID": "nope"},
+        RetCode.TASK_NOT_FOUND,
+        "nope",
+    ),
     ("terminate without id", {"Action": "TerminateTask"}, RetCode.INVALID_PARAMETER, "TaskUID"),
 ]
 
@@ -142,8 +247,12 @@ def shared_client(demo_dir, tmp_path_factory):
         yield client
 
 
-@pytest.mark.parametrize(("name", "body", "code", "needle"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
-def test_malformed_bodies(shared_client, name: str, body: bytes, code: RetCode, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "body", "code", "needle"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES]
+)
+def test_malformed_bodies(
+    shared_client, name: str, body: bytes, code: RetCode, needle: str
+) -> None:
     response = shared_client.post("/", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 200
     reply = response.json()
@@ -151,8 +260,9 @@ def test_malformed_bodies(shared_client, name: str, body: bytes, code: RetCode, 
     assert needle in reply["Message"]
 
 
-@pytest.mark.parametrize(("name", "body", "code", "needle"), BAD_REQUESTS,
-                         ids=[b[0] for b in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("name", "body", "code", "needle"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
 def test_bad_requests(shared_client, name: str, body: dict, code: RetCode, needle: str) -> None:
     body = {**body, "request_uuid": f"req-{name}"}
     response = shared_client.post("/", json=body)
@@ -178,9 +288,17 @@ def test_server_still_serves_after_bad_requests(shared_client) -> None:
 def test_nulls_are_treated_as_absent(shared_client) -> None:
     client = PicpikClient(shared_client)
     detail = client.generate(
-        PositivePrompts=["x"], Width=64, Height=64, Seed=None, BatchSize=None,
-        NegativePrompts=None, Image2Image=None, ControlNetList=None, SubModelList=None,
-        Tileable=None, UseMainModelVAE=None,
+        PositivePrompts=["x"],
+        Width=64,
+        Height=64,
+        Seed=None,
+        BatchSize=None,
+        NegativePrompts=None,
+        Image2Image=None,
+        ControlNetList=None,
+        SubModelList=None,
+        Tileable=None,
+        UseMainModelVAE=None,
         MainModel={"ModelCode": None, "Name": "easel demo", "InferenceParams": {"Steps": 6}},
     )
     assert detail["Status"] == "Finished"
@@ -213,12 +331,19 @@ def test_credit_balance_counts_points(shared_client) -> None:
 
 def test_progress_is_reported_while_running(shared_client) -> None:
     client = PicpikClient(shared_client)
-    reply = client.call("GenerateImages", PositivePrompts=["x"], Width=256, Height=256,
-                        MainModel={"InferenceParams": {"Steps": 60}})
+    reply = client.call(
+        "GenerateImages",
+        PositivePrompts=["x"],
+        Width=256,
+        Height=256,
+        MainModel={"InferenceParams": {"Steps": 60}},
+    )
     seen = set()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        detail = client.call("ListTasksDetails", TaskUIDList=[reply["TaskUID"]])["TaskDetailList"][0]
+        detail = client.call("ListTasksDetails", TaskUIDList=[reply["TaskUID"]])["TaskDetailList"][
+            0
+        ]
         seen.add((detail["Status"], detail["Progress"]))
         if detail["Status"] == "Finished":
             break

@@ -13,8 +13,12 @@ SLOW = {  # seconds of CPU work on the demo model: long enough to catch it runni
     "Height": 512,
     "MainModel": {"InferenceParams": {"Steps": 100}},
 }
-FAST = {"PositivePrompts": ["fast"], "Width": 64, "Height": 64,
-        "MainModel": {"InferenceParams": {"Steps": 6}}}
+FAST = {
+    "PositivePrompts": ["fast"],
+    "Width": 64,
+    "Height": 64,
+    "MainModel": {"InferenceParams": {"Steps": 6}},
+}
 
 
 def _submit(client: PicpikClient, params: dict) -> str:

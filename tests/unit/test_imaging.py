@@ -27,8 +27,9 @@ def test_every_mode_gives_the_requested_size_in_rgb(mode: ResizeMode) -> None:
 
 def test_same_size_is_untouched() -> None:
     image = _two_tone(64, 64)
-    assert np.array_equal(np.asarray(fit_image(image, 64, 64, ResizeMode.CROP_AND_RESIZE)),
-                          np.asarray(image))
+    assert np.array_equal(
+        np.asarray(fit_image(image, 64, 64, ResizeMode.CROP_AND_RESIZE)), np.asarray(image)
+    )
 
 
 def test_crop_and_resize_keeps_the_centre() -> None:
