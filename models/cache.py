@@ -10,19 +10,15 @@ from __future__ import annotations
 import gc
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import AutoencoderKL, DiffusionPipeline
 
-from models.catalogue import ModelSpec
-from models.compat import apply_compat
-from models.loader import load_pipeline
+from models.catalogue import Architecture, ModelSpec
+from models.loader import load_pipeline, load_vae
 
 log = logging.getLogger(__name__)
-
-Loader = Callable[[ModelSpec], DiffusionPipeline]
 
 
 class PipelineCache:
@@ -41,6 +37,7 @@ class PipelineCache:
         self.cache_dir = cache_dir
         self.allow_pickle = allow_pickle
         self._loaded: OrderedDict[tuple[str, str], DiffusionPipeline] = OrderedDict()
+        self._vaes: dict[tuple[str, Architecture], AutoencoderKL] = {}
 
     def get(self, spec: ModelSpec) -> DiffusionPipeline:
         key = (spec.kind.value, spec.code)
@@ -60,22 +57,28 @@ class PipelineCache:
             spec,
             device=self.device,
             dtype=self.dtype,
-            **self._loader_options(),
+            allow_pickle=self.allow_pickle,
+            cache_dir=self.cache_dir,
         )
-        self._loaded[key] = apply_compat(pipe)
+        self._loaded[key] = pipe
         return pipe
 
-    def _loader_options(self) -> dict[str, object]:
-        """Options newer loader versions accept (tokenizer cache, pickle opt-in)."""
-        import inspect
-
-        params = inspect.signature(load_pipeline).parameters
-        options: dict[str, object] = {}
-        if "cache_dir" in params:
-            options["cache_dir"] = self.cache_dir
-        if "allow_pickle" in params:
-            options["allow_pickle"] = self.allow_pickle
-        return options
+    def get_vae(self, spec: ModelSpec, architecture: Architecture) -> AutoencoderKL:
+        """A standalone VAE configured for the architecture it decodes for (its latent scale
+        differs between SD 1.x and SDXL). VAEs are small: the few in use stay loaded."""
+        key = (spec.code, architecture)
+        vae = self._vaes.get(key)
+        if vae is None:
+            log.info("loading VAE %s onto %s", spec.code, self.device)
+            vae = load_vae(
+                spec,
+                device=self.device,
+                dtype=self.dtype,
+                architecture=architecture,
+                allow_pickle=self.allow_pickle,
+            )
+            self._vaes[key] = vae
+        return vae
 
     def loaded_codes(self) -> list[str]:
         return [code for _, code in self._loaded]

@@ -119,6 +119,15 @@ class Catalogue:
     def get(self, kind: ModelKind, code: str) -> ModelSpec | None:
         return self._specs.get((kind, code))
 
+    def default_vae(self, architecture: Architecture) -> ModelSpec | None:
+        """The server's own VAE for an architecture: the first one installed, if any.
+
+        PICPIK's UseMainModelVAE=false asks for it instead of the checkpoint's own.
+        """
+        return next(
+            (s for s in self.by_kind(ModelKind.VAE) if s.architecture is architecture), None
+        )
+
     def resolve(self, identifier: str | None, kind: ModelKind = ModelKind.CHECKPOINT) -> ModelSpec:
         """A model code, a display name or an alias; None or "" means the default checkpoint."""
         if not identifier:

@@ -22,6 +22,7 @@ class RunContext:
 
     device: str
     report_step: StepReporter
+    vae: Any = None  # a VAE to decode with instead of the checkpoint's own (UseMainModelVAE)
 
 
 def make_scheduler(base: Any, sampler: str | None) -> Any:

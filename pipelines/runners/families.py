@@ -32,7 +32,9 @@ PIPELINE_FAMILIES: dict[str, dict[JobKind, type[DiffusionPipeline]]] = {
 }
 
 
-def pipeline_for(base: DiffusionPipeline, kind: JobKind, scheduler: Any) -> DiffusionPipeline:
+def pipeline_for(
+    base: DiffusionPipeline, kind: JobKind, scheduler: Any, vae: Any = None
+) -> DiffusionPipeline:
     family = PIPELINE_FAMILIES.get(type(base).__name__)
     if family is None or kind not in family:
         raise JobError(
@@ -40,8 +42,11 @@ def pipeline_for(base: DiffusionPipeline, kind: JobKind, scheduler: Any) -> Diff
             f"a {type(base).__name__} checkpoint cannot run {kind.value} jobs",
         )
     cls = family[kind]
-    # Same modules and config flags as the loaded checkpoint, fresh scheduler: no weight copies.
+    # Same modules and config flags as the loaded checkpoint (or another VAE), a fresh
+    # scheduler: no weight copies.
     available = {**base.config, **base.components, "scheduler": scheduler}
+    if vae is not None:
+        available["vae"] = vae
     params = inspect.signature(cls.__init__).parameters
     pipe = cls(**{name: available[name] for name in params if name in available})
     pipe.set_progress_bar_config(disable=True)

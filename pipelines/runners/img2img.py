@@ -19,6 +19,6 @@ def run(base: DiffusionPipeline, job: GenerationJob, ctx: RunContext) -> list[Im
         # No denoising step is left at this strength: the fitted image is the answer.
         ctx.report_step(0, 0)
         return [init.copy() for _ in job.seeds]
-    pipe = pipeline_for(base, job.kind, make_scheduler(base.scheduler, job.sampler))
+    pipe = pipeline_for(base, job.kind, make_scheduler(base.scheduler, job.sampler), ctx.vae)
     out = pipe(image=init, strength=job.strength, **common_call_args(pipe, job, ctx))
     return list(out.images)

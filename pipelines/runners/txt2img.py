@@ -11,6 +11,6 @@ from pipelines.runners.families import pipeline_for
 
 
 def run(base: DiffusionPipeline, job: GenerationJob, ctx: RunContext) -> list[Image]:
-    pipe = pipeline_for(base, job.kind, make_scheduler(base.scheduler, job.sampler))
+    pipe = pipeline_for(base, job.kind, make_scheduler(base.scheduler, job.sampler), ctx.vae)
     out = pipe(width=job.width, height=job.height, **common_call_args(pipe, job, ctx))
     return list(out.images)
