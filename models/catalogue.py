@@ -120,13 +120,14 @@ class Catalogue:
         return self._specs.get((kind, code))
 
     def default_vae(self, architecture: Architecture) -> ModelSpec | None:
-        """The server's own VAE for an architecture: the first one installed, if any.
+        """The server's own VAE for an architecture: the first installed one that fits, if any.
 
-        PICPIK's UseMainModelVAE=false asks for it instead of the checkpoint's own.
+        PICPIK's UseMainModelVAE=false asks for it instead of the checkpoint's own. VAE files do
+        not say which family they serve (SD 1.x and SDXL VAEs share one layout), so a VAE whose
+        architecture is unknown fits any; the manifest can pin it.
         """
-        return next(
-            (s for s in self.by_kind(ModelKind.VAE) if s.architecture is architecture), None
-        )
+        fits = (architecture, Architecture.UNKNOWN)
+        return next((s for s in self.by_kind(ModelKind.VAE) if s.architecture in fits), None)
 
     def resolve(self, identifier: str | None, kind: ModelKind = ModelKind.CHECKPOINT) -> ModelSpec:
         """A model code, a display name or an alias; None or "" means the default checkpoint."""
