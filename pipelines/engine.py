@@ -166,8 +166,10 @@ class Engine:
 
     # --- models ---
 
-    def list_models(self, kind: str = ModelKind.CHECKPOINT.value) -> list[ModelInfo]:
-        return [model_info(spec) for spec in self.catalogue.by_kind(ModelKind(kind))]
+    def list_models(self, kind: str | None = ModelKind.CHECKPOINT.value) -> list[ModelInfo]:
+        """Installed models of one kind ("checkpoint", "lora", ...), or of every kind (None)."""
+        kinds = list(ModelKind) if kind is None else [ModelKind(kind)]
+        return [model_info(spec) for k in kinds for spec in self.catalogue.by_kind(k)]
 
     def resolve_model(self, identifier: str | None, kind: str = "checkpoint") -> ModelInfo:
         try:

@@ -128,7 +128,7 @@ def open_engine(settings: Settings) -> Engine:
 def _describe(model: ModelInfo, aliases: dict[str, str]) -> str:
     public = [alias for alias, code in aliases.items() if code == model.code]
     extra = f"  <- {', '.join(public)}" if public else ""
-    return f"{model.code:32} {model.architecture:6} {model.name}{extra}"
+    return f"{model.code:32} {model.architecture:7} {model.name}{extra}"
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -179,9 +179,9 @@ def list_models(args: argparse.Namespace) -> int:
         return 2
     aliases = engine.model_aliases()
     print(f"models directory: {settings.resolved_models_dir}")
-    print(f"{'CODE':32} {'ARCH':6} NAME")
-    for model in engine.list_models():
-        print(_describe(model, aliases))
+    print(f"{'KIND':11} {'CODE':32} {'ARCH':7} NAME")
+    for model in engine.list_models(kind=None):
+        print(f"{model.kind:11} {_describe(model, aliases)}")
     return 0
 
 

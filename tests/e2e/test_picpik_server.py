@@ -13,6 +13,7 @@ from PIL import Image
 
 from server.picpik.errors import TaskErrorCode
 from tests.e2e.server_process import ServerProcess, free_port
+from tests.models.tiny import SD1_LORA, write_fake_safetensors
 from tests.picpik_client import PicpikClient
 
 
@@ -138,12 +139,47 @@ def test_environment_variables_configure_the_server(tmp_path: Path) -> None:
 
 
 def test_easel_models_lists_the_catalogue(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    write_fake_safetensors(models / "Lora" / "watercolor.safetensors", SD1_LORA)
+    (models / "checkpoints").mkdir()
+    (models / "checkpoints" / "old.ckpt").write_bytes(b"not loaded")
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "models", "--data-dir", str(tmp_path / "data")],
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "models",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--models-dir",
+            str(models),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "easel-demo" in result.stdout
-    assert "PICPIK General" in result.stdout
+    lines = result.stdout.splitlines()
+    demo = next(line for line in lines if "easel-demo" in line)
+    assert demo.startswith("checkpoint") and "PICPIK General" in demo
+    assert any(line.startswith("lora") and "watercolor" in line for line in lines)
+    assert "old.ckpt" in result.stderr and "--allow-pickle" in result.stderr
+
+    (models / "manifest.toml").write_text('[aliases]\n"PICPIK Anime" = "missing"\n')
+    broken = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "models",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--models-dir",
+            str(models),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert broken.returncode == 2
+    assert "manifest.toml" in broken.stderr and "missing" in broken.stderr

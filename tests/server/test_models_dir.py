@@ -9,15 +9,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from models.compat import apply_compat
+from models.tokenizer import clip_tokenizer
 from pipelines.engine import Engine, EngineConfig
 from server.app import build_app
+from server.picpik.errors import TaskErrorCode
 from server.settings import Settings
-from tests.models.tiny import save_config_dir, save_single_file, tiny_sd1_pipeline, tiny_vae
+from tests.models.tiny import (
+    save_config_dir,
+    save_single_file,
+    tiny_sd1_pipeline,
+    tiny_sdxl_pipeline,
+    tiny_vae,
+)
 from tests.picpik_client import PicpikClient
 
 MANIFEST = """
@@ -30,6 +43,9 @@ default = "tiny_sd1"
 name = "Tiny SD1"
 config = "configs/tiny-sd1"
 trigger_words = ["tinystyle"]
+
+[models."checkpoints/tiny_sdxl.safetensors"]
+config = "configs/tiny-sdxl"
 
 [models."checkpoints/XL-and-friends/tiny_sd1.safetensors".defaults]
 steps = 7
@@ -50,6 +66,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, StableDif
     (models / "manifest.toml").write_text(
         MANIFEST.replace("checkpoints/XL-and-friends", "Stable-diffusion/XL-and-friends")
     )
+    xl = tiny_sdxl_pipeline(root / "tokenizers")
+    save_single_file(xl, models / "checkpoints" / "tiny_sdxl.safetensors")
+    save_config_dir(xl, models / "configs" / "tiny-sdxl", like="sdxl")
+    broken = models / "checkpoints" / "broken"
+    tiny_sd1_pipeline(root / "tokenizers").save_pretrained(broken)
+    for weights in (broken / "unet").glob("*.safetensors"):
+        weights.unlink()  # scans as a checkpoint, fails to load
     reference = StableDiffusionPipeline.from_single_file(
         str(checkpoint),
         config=str(models / "configs" / "tiny-sd1"),
@@ -150,3 +173,56 @@ def test_server_vae_decodes_when_the_main_models_is_not_asked_for(client, instal
     assert np.array_equal(server_vae[0], _direct(pipe, vae=vae, **call)[0])
     assert np.array_equal(own_vae[0], _direct(pipe, **call)[0])
     assert not np.array_equal(server_vae[0], own_vae[0])
+
+
+def test_sdxl_single_file_checkpoint(client, installed) -> None:
+    models_dir = installed[0]
+    detail = client.generate(
+        MainModel={"ModelCode": "tiny_sdxl", "InferenceParams": {"Steps": 6, "CFGScale": 5}},
+        PositivePrompts=["a tiny tower"],
+        NegativePrompts=["fog"],
+        Width=64,
+        Height=64,
+        Seed=8,
+        BatchSize=2,
+        UseMainModelVAE=True,
+    )
+    reference = StableDiffusionXLPipeline.from_single_file(
+        str(models_dir / "checkpoints" / "tiny_sdxl.safetensors"),
+        config=str(models_dir / "configs" / "tiny-sdxl"),
+        local_files_only=True,
+        tokenizer=clip_tokenizer(models_dir.parent / "tokenizers"),
+        tokenizer_2=clip_tokenizer(models_dir.parent / "tokenizers", pad_token="!"),
+    )
+    reference.set_progress_bar_config(disable=True)
+    reference.scheduler = EulerDiscreteScheduler.from_config(reference.scheduler.config)
+    direct = reference(
+        prompt="a tiny tower",
+        negative_prompt="fog",
+        width=64,
+        height=64,
+        num_inference_steps=6,
+        guidance_scale=5.0,
+        num_images_per_prompt=2,
+        generator=[torch.Generator().manual_seed(s) for s in (8, 9)],
+    ).images
+    got = _images(client, detail)
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(got, direct, strict=True))
+
+
+def test_a_model_that_fails_to_load_ends_its_task_only(client) -> None:
+    detail = client.generate(
+        MainModel={"ModelCode": "broken", "InferenceParams": {"Steps": 6}},
+        PositivePrompts=["x"],
+        Width=64,
+        Height=64,
+    )
+    assert (detail["Status"], detail["ErrorCode"]) == ("Error", TaskErrorCode.MODEL_UNAVAILABLE)
+    assert "broken" in detail["ErrorMassage"]
+    healthy = client.generate(
+        MainModel={"ModelCode": "tiny_sd1", "InferenceParams": {"Steps": 6}},
+        PositivePrompts=["x"],
+        Width=64,
+        Height=64,
+    )
+    assert healthy["Status"] == "Finished"
