@@ -14,7 +14,7 @@ import math
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from PIL.Image import Image
@@ -243,21 +243,14 @@ class PicpikService:
         height = round_side(req.Height or DEFAULT_SIDE)
         steps = params.Steps or model.default_steps or DEFAULT_STEPS
         seed = req.Seed if req.Seed >= 0 else secrets.randbelow(2147483647)
-        kind, init_image, strength, resize_mode = (
-            JobKind.TXT2IMG,
-            None,
-            0.0,
-            ResizeMode.RESIZE_AND_FILL,
-        )
-        if req.Image2Image is not None:
-            kind = JobKind.IMG2IMG
+        i2i = req.Image2Image
+        init_image = None
+        if i2i is not None:
             init_image = await self._image(
-                req.ImageAndMaskList, req.Image2Image.ImageIndex, "Image2Image.ImageIndex"
+                req.ImageAndMaskList, i2i.ImageIndex, "Image2Image.ImageIndex"
             )
-            strength = 1.0 - req.Image2Image.ReferStrength
-            resize_mode = RESIZE_MODES[req.Image2Image.ResizeMode]
         job = GenerationJob(
-            kind=kind,
+            kind=JobKind.TXT2IMG if i2i is None else JobKind.IMG2IMG,
             model=model.code,
             prompt=_join(req.PositivePrompts),
             negative_prompt=_join(req.NegativePrompts),
@@ -269,27 +262,14 @@ class PicpikService:
             clip_skip=params.ClipSkip or model.default_clip_skip or DEFAULT_CLIP_SKIP,
             seeds=tuple(seed + i for i in range(req.BatchSize)),
             init_image=init_image,
-            strength=strength,
-            resize_mode=resize_mode,
+            # ReferStrength is how much of the reference survives.
+            strength=0.0 if i2i is None else 1.0 - i2i.ReferStrength,
+            resize_mode=RESIZE_MODES[i2i.ResizeMode if i2i else "ResizeAndFill"],
             use_model_vae=req.UseMainModelVAE,
             owner=caller.owner,
         )
-        summary = {
-            "model": model.code,
-            "kind": kind.value,
-            "width": width,
-            "height": height,
-            "steps": steps,
-            "sampler": sampler,
-            "batch_size": req.BatchSize,
-            "prompt": job.prompt,
-            "negative_prompt": job.negative_prompt,
-            "guidance_scale": job.guidance_scale,
-            "clip_skip": job.clip_skip,
-            "strength": strength,
-        }
         cost = point_cost(width, height, steps, req.BatchSize)
-        task_id = self._submit(req.Action, job, caller, cost, summary)
+        task_id = self._submit(req.Action, job, caller, cost)
         return {"TaskUID": task_id}
 
     def _main_model(self, main: wire.ModelRef | None) -> ModelInfo:
@@ -313,9 +293,7 @@ class PicpikService:
         except ImageDecodeError as error:
             raise PicpikError(RetCode.INVALID_IMAGE, f"ImageAndMaskList[{index}] {error}") from None
 
-    def _submit(
-        self, action: str, job: GenerationJob, caller: Caller, cost: int, summary: dict[str, Any]
-    ) -> str:
+    def _submit(self, action: str, job: GenerationJob, caller: Caller, cost: int) -> str:
         task_id = uuid.uuid4().hex
         record = TaskRecord(
             task_id=task_id,
@@ -324,7 +302,7 @@ class PicpikService:
             owner=caller.owner,
             seeds=list(job.seeds),
             cost=cost,
-            params=summary,
+            params=job_summary(job),
         )
         self.store.create(record)
         try:
@@ -413,6 +391,11 @@ class PicpikService:
             "UsedCredits": self.store.usage(caller.owner),
             "ExpireTimestamp": 0,
         }
+
+
+def job_summary(job: GenerationJob) -> dict[str, Any]:
+    """What the task record keeps of a job: every field but the images (JSON-ready)."""
+    return {f.name: getattr(job, f.name) for f in fields(job) if not f.name.endswith("_image")}
 
 
 def _join(prompts: list[str] | None) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import httpx
 from PIL import Image
 
 from server.picpik.errors import TaskErrorCode
-from tests.e2e.server_process import ServerProcess, free_port
+from tests.e2e.server_process import ServerProcess, free_port, run_easel
 from tests.models.tiny import SD1_LORA, write_fake_safetensors
 from tests.picpik_client import PicpikClient
 
@@ -92,22 +91,9 @@ def test_task_running_at_shutdown_ends_as_interrupted(tmp_path: Path) -> None:
 
 
 def test_refuses_an_open_server_on_a_public_address(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(free_port()),
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    data_dir = str(tmp_path / "data")
+    result = run_easel(
+        "serve", "--host", "0.0.0.0", "--port", str(free_port()), "--data-dir", data_dir
     )
     assert result.returncode == 2
     assert "--insecure" in result.stderr
@@ -143,21 +129,8 @@ def test_easel_models_lists_the_catalogue(tmp_path: Path) -> None:
     write_fake_safetensors(models / "Lora" / "watercolor.safetensors", SD1_LORA)
     (models / "checkpoints").mkdir()
     (models / "checkpoints" / "old.ckpt").write_bytes(b"not loaded")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "models",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--models-dir",
-            str(models),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    listing = ("models", "--data-dir", str(tmp_path / "data"), "--models-dir", str(models))
+    result = run_easel(*listing)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     demo = next(line for line in lines if "easel-demo" in line)
@@ -166,20 +139,6 @@ def test_easel_models_lists_the_catalogue(tmp_path: Path) -> None:
     assert "old.ckpt" in result.stderr and "--allow-pickle" in result.stderr
 
     (models / "manifest.toml").write_text('[aliases]\n"PICPIK Anime" = "missing"\n')
-    broken = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "models",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--models-dir",
-            str(models),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    broken = run_easel(*listing)
     assert broken.returncode == 2
     assert "manifest.toml" in broken.stderr and "missing" in broken.stderr
