@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig, CLIPTextModel
+from transformers.utils import logging as transformers_logging
 
 from models.catalogue import Architecture, ModelKind, ModelSpec, WeightFormat
 from models.tokenizer import BOS, EOS, VOCAB_SIZE, clip_tokenizer
@@ -96,6 +98,8 @@ def ensure_demo_model(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".demo-build-") as tmp:
         staging = Path(tmp) / DEMO_CODE
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
         build_demo_pipeline(root / ".tokenizer").save_pretrained(staging)
         (staging / _MARKER).write_text(json.dumps({"version": DEMO_VERSION}))
         if dest.exists():
