@@ -79,6 +79,3 @@ class PipelineCache:
             )
             self._vaes[key] = vae
         return vae
-
-    def loaded_codes(self) -> list[str]:
-        return [code for _, code in self._loaded]

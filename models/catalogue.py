@@ -116,9 +116,6 @@ class Catalogue:
     def by_kind(self, kind: ModelKind) -> list[ModelSpec]:
         return [spec for (k, _), spec in self._specs.items() if k is kind]
 
-    def get(self, kind: ModelKind, code: str) -> ModelSpec | None:
-        return self._specs.get((kind, code))
-
     def default_vae(self, architecture: Architecture) -> ModelSpec | None:
         """The server's own VAE for an architecture: the first installed one that fits, if any.
 

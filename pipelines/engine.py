@@ -134,9 +134,6 @@ class Engine:
         self._loop.create_task(self._forget_when_done(handle))
         return handle
 
-    def handle(self, job_id: str) -> JobHandle | None:
-        return self._handles.get(job_id)
-
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False if the engine does not hold it."""
         handle = self._handles.get(job_id)
@@ -144,12 +141,6 @@ class Engine:
             return False
         handle.cancel()
         return True
-
-    def queued_ids(self) -> list[str]:
-        return self._queue.keys()
-
-    def running_ids(self) -> list[str]:
-        return [w.current.job_id for w in self._workers if w.current is not None]
 
     def _cancel(self, handle: JobHandle) -> None:
         if self._queue.remove(handle.job_id) is not None:

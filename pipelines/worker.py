@@ -71,7 +71,7 @@ class DeviceWorker(threading.Thread):
             pipe = self.cache.get(spec)
             vae_spec = None if job.use_model_vae else self.catalogue.default_vae(spec.architecture)
             vae = None if vae_spec is None else self.cache.get_vae(vae_spec, spec.architecture)
-            context = RunContext(self.device, self._step_reporter(handle), vae)
+            context = RunContext(self._step_reporter(handle), vae)
             with torch.inference_mode():
                 images = RUNNERS[job.kind](pipe, job, context)
             handle.finish(JobResult(tuple(images), job.seeds))

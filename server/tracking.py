@@ -26,15 +26,19 @@ class TaskTracker:
         self._followers: set[asyncio.Task[None]] = set()
 
     def follow(self, task_id: str, handle: JobHandle) -> None:
-        last = [0.0]
+        started, stored = False, 0.0
 
         def on_progress(progress: JobProgress) -> None:
-            if progress.state is JobState.RUNNING:
+            nonlocal started, stored
+            if progress.state is not JobState.RUNNING:
+                return
+            if not started:
+                started = True
                 self.store.mark_running(task_id)
-                if progress.fraction - last[0] >= _PROGRESS_STEP or progress.fraction == 1.0:
-                    last[0] = progress.fraction
-                    self.store.set_progress(task_id, progress.fraction)
-                    log.debug("task %s at %.0f%%", task_id, 100 * progress.fraction)
+            if progress.fraction - stored >= _PROGRESS_STEP or progress.fraction == 1.0:
+                stored = progress.fraction
+                self.store.set_progress(task_id, progress.fraction)
+                log.debug("task %s at %.0f%%", task_id, 100 * progress.fraction)
 
         handle.subscribe(on_progress)
         follower = asyncio.get_running_loop().create_task(self._settle(task_id, handle))

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -31,26 +32,29 @@ def demo_dir(demo_root: Path) -> Path:
     return demo_root / DEMO_CODE
 
 
-@pytest.fixture()
-def make_client(demo_dir: Path, tmp_path: Path) -> Iterator:
-    """make_client(max_queue=..., keys=...) -> a started TestClient over the demo model."""
-    from fastapi.testclient import TestClient
-
+def demo_app(demo_dir: Path, data_dir: Path, *, max_queue: int = 64, keys=None) -> FastAPI:
+    """A FastAPI app (not started) over an engine that serves the demo model on the CPU."""
     from models.catalogue import Catalogue
     from models.demo import demo_spec
     from pipelines.engine import Engine, EngineConfig
     from server.app import build_app
     from server.settings import Settings
 
+    config = EngineConfig(max_queue=max_queue, devices=["cpu"], cache_dir=data_dir / "cache")
+    engine = Engine(Catalogue([demo_spec(demo_dir)]), config)
+    return build_app(Settings(data_dir=data_dir), engine, keys)
+
+
+@pytest.fixture()
+def make_client(demo_dir: Path, tmp_path: Path) -> Iterator:
+    """make_client(max_queue=..., keys=...) -> a started TestClient over the demo model."""
+    from fastapi.testclient import TestClient
+
     clients: list[TestClient] = []
 
-    def make(*, max_queue: int = 64, keys=None, data_dir: Path | None = None) -> TestClient:
-        catalogue = Catalogue([demo_spec(demo_dir)])
-        engine = Engine(
-            catalogue, EngineConfig(max_queue=max_queue, devices=["cpu"], cache_dir=tmp_path)
-        )
-        settings = Settings(data_dir=data_dir or tmp_path / f"data{len(clients)}")
-        client = TestClient(build_app(settings, engine, keys))
+    def make(*, max_queue: int = 64, keys=None) -> TestClient:
+        app = demo_app(demo_dir, tmp_path / f"data{len(clients)}", max_queue=max_queue, keys=keys)
+        client = TestClient(app)
         client.__enter__()
         clients.append(client)
         return client

@@ -20,7 +20,6 @@ StepReporter = Callable[[int, int], None]  # (steps done, total steps); raises J
 class RunContext:
     """What the worker hands a runner besides the job and the loaded pipeline."""
 
-    device: str
     report_step: StepReporter
     vae: Any = None  # a VAE to decode with instead of the checkpoint's own (UseMainModelVAE)
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from server.picpik.errors import RetCode
+from tests.conftest import demo_app
 from tests.picpik_client import PicpikClient
 
 
@@ -235,15 +236,7 @@ BAD_REQUESTS: list[tuple[str, dict, RetCode, str]] = [
 def shared_client(demo_dir, tmp_path_factory):
     from fastapi.testclient import TestClient
 
-    from models.catalogue import Catalogue
-    from models.demo import demo_spec
-    from pipelines.engine import Engine, EngineConfig
-    from server.app import build_app
-    from server.settings import Settings
-
-    tmp = tmp_path_factory.mktemp("requests")
-    engine = Engine(Catalogue([demo_spec(demo_dir)]), EngineConfig(devices=["cpu"], cache_dir=tmp))
-    with TestClient(build_app(Settings(data_dir=tmp), engine)) as client:
+    with TestClient(demo_app(demo_dir, tmp_path_factory.mktemp("requests"))) as client:
         yield client
 
 
