@@ -10,7 +10,9 @@ from __future__ import annotations
 import gc
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
@@ -19,6 +21,8 @@ from models.catalogue import Architecture, ModelSpec
 from models.loader import load_pipeline, load_vae
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class PipelineCache:
@@ -38,6 +42,7 @@ class PipelineCache:
         self.allow_pickle = allow_pickle
         self._loaded: OrderedDict[tuple[str, str], DiffusionPipeline] = OrderedDict()
         self._vaes: dict[tuple[str, Architecture], AutoencoderKL] = {}
+        self._components: OrderedDict[Hashable, Any] = OrderedDict()
 
     def get(self, spec: ModelSpec) -> DiffusionPipeline:
         key = (spec.kind.value, spec.code)
@@ -79,3 +84,16 @@ class PipelineCache:
             )
             self._vaes[key] = vae
         return vae
+
+    def component(self, key: Hashable, load: Callable[[], T], *, keep: int = 8) -> T:
+        """A loaded auxiliary model (ControlNet, image encoder, preprocessor, adapter weights...)
+        kept by key; the `keep` most recently used stay, older ones are dropped."""
+        if key in self._components:
+            self._components.move_to_end(key)
+            return self._components[key]
+        log.info("loading %s onto %s", key, self.device)
+        value = load()
+        self._components[key] = value
+        while len(self._components) > keep:
+            self._components.popitem(last=False)
+        return value

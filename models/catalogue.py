@@ -62,6 +62,17 @@ class ModelSpec:
     trigger_words: tuple[str, ...] = ()
     description: str = ""
     is_demo: bool = False
+    inpainting_model: str | None = None  # code of this checkpoint's inpainting variant
+
+
+# Names of a checkpoint's inpainting variant: `<code><suffix>`.
+INPAINTING_SUFFIXES: tuple[str, ...] = (
+    "-inpainting",
+    "_inpainting",
+    ".inpainting",
+    "-inpaint",
+    "_inpaint",
+)
 
 
 # Public codes that clients of the hosted APIs send without knowing what is installed. They resolve
@@ -125,6 +136,24 @@ class Catalogue:
         """
         fits = (architecture, Architecture.UNKNOWN)
         return next((s for s in self.by_kind(ModelKind.VAE) if s.architecture in fits), None)
+
+    def inpainting_variant(self, spec: ModelSpec) -> ModelSpec | None:
+        """The inpainting checkpoint that goes with a checkpoint: itself if it is one, else the
+        one the manifest names (`inpainting_model`), else an installed inpainting checkpoint of
+        the same architecture named after it (`<code>-inpainting`, `<code>_inpaint`, ...)."""
+        if spec.inpainting:
+            return spec
+        candidates = [spec.inpainting_model] if spec.inpainting_model else []
+        candidates += [spec.code + suffix for suffix in INPAINTING_SUFFIXES]
+        for code in candidates:
+            variant = self._specs.get((ModelKind.CHECKPOINT, code))
+            if (
+                variant is not None
+                and variant.inpainting
+                and (variant.architecture is spec.architecture)
+            ):
+                return variant
+        return None
 
     def resolve(self, identifier: str | None, kind: ModelKind = ModelKind.CHECKPOINT) -> ModelSpec:
         """A model code, a display name or an alias; None or "" means the default checkpoint."""

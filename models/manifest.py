@@ -15,6 +15,7 @@ refuses to start rather than serve a catalogue that differs from what the operat
     name = "DreamShaper 8"
     architecture = "sd1"                 # optional override (sd1|sd2|sdxl)
     inpainting = false                   # optional override
+    inpainting_model = "dreamshaper_8_inpainting"  # optional: its inpainting variant's code
     config = "configs/my-arch"           # optional diffusers config folder, relative to models_dir
     trigger_words = ["dsw"]
     description = "..."
@@ -59,6 +60,7 @@ class ManifestEntry:
     name: str | None = None
     architecture: Architecture | None = None
     inpainting: bool | None = None
+    inpainting_model: str | None = None
     config_dir: Path | None = None
     trigger_words: tuple[str, ...] | None = None
     description: str | None = None
@@ -108,6 +110,7 @@ ENTRY_FIELDS: dict[str, Check] = {
     "name": (_is_str, "a non-empty string"),
     "architecture": (_is_arch, "one of " + ", ".join(repr(a) for a in ARCHITECTURES)),
     "inpainting": (_is_bool, "true or false"),
+    "inpainting_model": (_is_str, "the code of an installed inpainting checkpoint"),
     "config": (_is_str, "a folder path relative to the models directory"),
     "trigger_words": (_is_str_list, "a list of strings"),
     "description": (lambda v: isinstance(v, str), "a string"),
@@ -207,6 +210,7 @@ def _entry(key: str, table: object, models_dir: Path, source: Path) -> ManifestE
         name=table.get("name"),
         architecture=ARCHITECTURES[architecture] if architecture is not None else None,
         inpainting=table.get("inpainting"),
+        inpainting_model=table.get("inpainting_model"),
         config_dir=config_dir,
         trigger_words=tuple(words) if words is not None else None,
         description=table.get("description"),
@@ -261,6 +265,7 @@ def _apply_entry(spec: ModelSpec, entry: ManifestEntry | None) -> ModelSpec:
             ("name", entry.name or entry.code),
             ("architecture", entry.architecture),
             ("inpainting", entry.inpainting),
+            ("inpainting_model", entry.inpainting_model),
             ("config_dir", entry.config_dir),
             ("trigger_words", entry.trigger_words),
             ("description", entry.description),

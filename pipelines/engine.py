@@ -32,6 +32,7 @@ class EngineConfig:
     devices: Sequence[str] | None = None  # None: every CUDA device, else the CPU
     max_models_per_device: int = 1
     cache_dir: Path | None = None  # derived files (tokenizers) live here
+    models_dir: Path | None = None  # preprocessor weights are looked up under it
     allow_pickle: bool = False
 
 
@@ -73,6 +74,8 @@ class Engine:
         config = config or EngineConfig()
         if config.cache_dir is None:
             config = replace(config, cache_dir=data_dir / "cache")
+        if config.models_dir is None:
+            config = replace(config, models_dir=models_dir)
         try:
             report = build_catalogue(
                 models_dir, demo_root=data_dir / "demo", allow_pickle=config.allow_pickle
@@ -94,7 +97,9 @@ class Engine:
                 cache_dir=self.config.cache_dir,
                 allow_pickle=self.config.allow_pickle,
             )
-            worker = DeviceWorker(device, self._queue, self.catalogue, cache)
+            worker = DeviceWorker(
+                device, self._queue, self.catalogue, cache, self.config.models_dir
+            )
             worker.start()
             self._workers.append(worker)
         log.info("engine started on %s", ", ".join(self.devices))

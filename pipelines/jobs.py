@@ -7,8 +7,10 @@ batched and tested without a GPU.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 from PIL.Image import Image
 
@@ -16,6 +18,8 @@ from PIL.Image import Image
 class JobKind(StrEnum):
     TXT2IMG = "txt2img"
     IMG2IMG = "img2img"
+    INPAINT = "inpaint"  # redraw the masked part of init_image (outpainting included)
+    BACKGROUND = "background"  # draw a background behind init_image's opaque (RGBA) foreground
 
 
 class ResizeMode(StrEnum):
@@ -24,6 +28,58 @@ class ResizeMode(StrEnum):
     JUST_RESIZE = "just_resize"  # stretch to the target size
     CROP_AND_RESIZE = "crop_and_resize"  # cover the target, crop the overflow (centred)
     RESIZE_AND_FILL = "resize_and_fill"  # fit inside the target, fill the rest from the edges
+
+
+class ControlMode(StrEnum):
+    """How a ControlNet unit's guidance is balanced against the prompt (A1111's three modes)."""
+
+    BALANCED = "balanced"
+    PROMPT = "prompt"  # "my prompt is more important": residuals softened layer by layer
+    CONTROL = "control"  # "ControlNet is more important": control on the conditional pass only
+
+
+class SubModelKind(StrEnum):
+    LORA = "lora"
+    EMBEDDING = "embedding"
+    HYPERNETWORK = "hypernetwork"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlUnit:
+    """One ControlNet unit: a control model guided by an image (preprocessed first, if asked)."""
+
+    model: str  # a catalogue code of kind "controlnet"
+    image: Image = field(repr=False)
+    # Where the control applies (white); None = everywhere. Already inverted if asked.
+    mask: Image | None = field(default=None, repr=False)
+    preprocessor: str | None = None  # a code of pipelines.preprocessors; None = image is a map
+    preprocessor_options: Mapping[str, float] = field(
+        default_factory=lambda: MappingProxyType({})
+    )  # processor-specific, neutral names (e.g. "value_threshold" for MLSD)
+    resolution: int = 512  # the preprocessor's working resolution
+    weight: float = 1.0
+    start: float = 0.0  # fraction of the steps at which the unit starts to act
+    end: float = 1.0  # ... and stops
+    mode: ControlMode = ControlMode.BALANCED
+    resize_mode: ResizeMode = ResizeMode.RESIZE_AND_FILL
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubModel:
+    """A LoRA, textual-inversion embedding or hypernetwork applied to one job only."""
+
+    kind: SubModelKind
+    model: str  # a catalogue code of that kind
+    weight: float = 1.0  # LoRA / hypernetwork strength; embeddings ignore it
+
+
+@dataclass(frozen=True, kw_only=True)
+class StyleReference:
+    """An image whose style is injected through an IP-Adapter."""
+
+    image: Image = field(repr=False)
+    strength: float = 0.5  # the adapter scale, 0..1
+    adapter: str | None = None  # a catalogue code of kind "ip_adapter"; None = the one that fits
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,9 +97,23 @@ class GenerationJob:
     seeds: tuple[int, ...]
     sampler: str | None = None  # a name of pipelines.samplers.SAMPLERS; None = model default
     clip_skip: int = 1  # A1111 convention: 1 = last CLIP layer, 2 = penultimate...
+    # img2img: the image to start from. inpaint: the raw image. background: the RGBA foreground.
     init_image: Image | None = field(default=None, repr=False)
-    strength: float = 0.75  # img2img denoising strength: 0 keeps the image, 1 ignores it
+    strength: float = 0.75  # denoising strength: 0 keeps the image, 1 ignores it
     resize_mode: ResizeMode = ResizeMode.RESIZE_AND_FILL
+    # inpaint: white = redraw (already inverted if the client asked), any size (fitted like the
+    # raw image). The raw image is scaled to fit inside width x height; an uncovered border is
+    # outpainted.
+    mask: Image | None = field(default=None, repr=False)
+    mask_blur: int = 0  # radius of the Gaussian blur on the mask edge, in pixels
+    # inpaint / background: what the redrawn area starts from instead of the raw image (an extra
+    # reference, fitted with resize_mode); None = the raw image / plain noise.
+    fill_image: Image | None = field(default=None, repr=False)
+    deep_fusion: bool = False  # background: a harmonisation pass over the composite
+    controls: tuple[ControlUnit, ...] = ()
+    style: StyleReference | None = None
+    sub_models: tuple[SubModel, ...] = ()
+    tileable: bool = False
     use_model_vae: bool = True
     owner: str = ""  # who submitted it (API key id): fairness and quotas key on it
     priority: int = 0  # higher runs first

@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 import torch
 
 from models.cache import PipelineCache
-from models.catalogue import Catalogue, UnknownModelError
+from models.catalogue import Catalogue, ModelSpec, UnknownModelError
 from models.loader import ModelLoadError
+from pipelines.adapters import adapted
 from pipelines.handle import JobHandle
-from pipelines.jobs import ErrorCode, JobError, JobProgress, JobResult, JobState
+from pipelines.jobs import (
+    ErrorCode,
+    GenerationJob,
+    JobError,
+    JobKind,
+    JobProgress,
+    JobResult,
+    JobState,
+)
 from pipelines.queue import JobQueue
 from pipelines.runners import RUNNERS
-from pipelines.runners.common import RunContext, StepReporter
+from pipelines.runners.common import Resources, RunContext, StepReporter
 
 log = logging.getLogger(__name__)
+
+MASKED_KINDS = frozenset({JobKind.INPAINT, JobKind.BACKGROUND})
 
 
 def detect_devices() -> list[str]:
@@ -37,12 +49,14 @@ class DeviceWorker(threading.Thread):
         queue: JobQueue[JobHandle],
         catalogue: Catalogue,
         cache: PipelineCache,
+        models_dir: Path | None = None,
     ) -> None:
         super().__init__(name=f"easel-worker-{device}", daemon=True)
         self.device = device
         self.queue = queue
         self.catalogue = catalogue
         self.cache = cache
+        self.resources = Resources(catalogue, cache, models_dir)
         self.current: JobHandle | None = None
         self._stopping = threading.Event()
 
@@ -67,12 +81,12 @@ class DeviceWorker(threading.Thread):
             return
         handle.report(JobProgress(JobState.RUNNING, 0, job.steps))
         try:
-            spec = self.catalogue.resolve(job.model)
+            spec = self._checkpoint(job)
             pipe = self.cache.get(spec)
             vae_spec = None if job.use_model_vae else self.catalogue.default_vae(spec.architecture)
             vae = None if vae_spec is None else self.cache.get_vae(vae_spec, spec.architecture)
-            context = RunContext(self._step_reporter(handle), vae)
-            with torch.inference_mode():
+            context = RunContext(self._step_reporter(handle), vae, self.resources)
+            with torch.inference_mode(), adapted(pipe, job, context):
                 images = RUNNERS[job.kind](pipe, job, context)
             handle.finish(JobResult(tuple(images), job.seeds))
         except JobError as error:
@@ -87,6 +101,13 @@ class DeviceWorker(threading.Thread):
         except Exception as error:  # a bug or a broken model must not kill the worker
             log.exception("job %s failed", handle.job_id)
             handle.fail(JobError(ErrorCode.INTERNAL, f"internal error: {type(error).__name__}"))
+
+    def _checkpoint(self, job: GenerationJob) -> ModelSpec:
+        """The job's checkpoint; for masked redraws, its inpainting variant when installed."""
+        spec = self.catalogue.resolve(job.model)
+        if job.kind in MASKED_KINDS:
+            return self.catalogue.inpainting_variant(spec) or spec
+        return spec
 
     @staticmethod
     def _step_reporter(handle: JobHandle) -> StepReporter:

@@ -8,7 +8,7 @@ from diffusers import DiffusionPipeline
 from PIL.Image import Image
 
 from pipelines.jobs import GenerationJob, JobKind
-from pipelines.runners import img2img, txt2img
+from pipelines.runners import background, img2img, inpaint, txt2img
 from pipelines.runners.common import RunContext
 
 Runner = Callable[[DiffusionPipeline, GenerationJob, RunContext], list[Image]]
@@ -16,4 +16,6 @@ Runner = Callable[[DiffusionPipeline, GenerationJob, RunContext], list[Image]]
 RUNNERS: dict[JobKind, Runner] = {
     JobKind.TXT2IMG: txt2img.run,
     JobKind.IMG2IMG: img2img.run,
+    JobKind.INPAINT: inpaint.run,
+    JobKind.BACKGROUND: background.run,
 }

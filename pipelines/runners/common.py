@@ -4,16 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import diffusers
 import torch
 from diffusers import DiffusionPipeline
 
+from models.cache import PipelineCache
+from models.catalogue import Catalogue
 from pipelines.jobs import ErrorCode, GenerationJob, JobError
 from pipelines.samplers import sampler_spec
 
 StepReporter = Callable[[int, int], None]  # (steps done, total steps); raises JobError to stop
+
+
+@dataclass(frozen=True)
+class Resources:
+    """The worker's device-side state a runner or adapter may need beyond the checkpoint."""
+
+    catalogue: Catalogue  # resolves sub-model, ControlNet and IP-Adapter codes
+    cache: PipelineCache  # keeps auxiliary models loaded (cache.component)
+    models_dir: Path | None = None  # preprocessor weights live in models_dir/annotators
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,7 @@ class RunContext:
 
     report_step: StepReporter
     vae: Any = None  # a VAE to decode with instead of the checkpoint's own (UseMainModelVAE)
+    resources: Resources | None = None
 
 
 def make_scheduler(base: Any, sampler: str | None) -> Any:
@@ -71,4 +84,5 @@ def common_call_args(pipe: DiffusionPipeline, job: GenerationJob, ctx: RunContex
         "clip_skip": diffusers_clip_skip(pipe, job.clip_skip),
         "callback_on_step_end": step_callback(ctx.report_step),
         "output_type": "pil",
+        **({"ip_adapter_image": job.style.image} if job.style is not None else {}),
     }
