@@ -170,6 +170,16 @@ class JobError(Exception):
 
 
 @dataclass(frozen=True)
+class PreprocessorInfo:
+    """A ControlNet preprocessor the engine knows, and whether it can run here."""
+
+    code: str  # e.g. "canny", "mlsd"
+    available: bool  # False: its weights are not installed
+    hint: str = ""  # when unavailable: which file to install where
+    options: tuple[str, ...] = ()  # option names it takes (ControlUnit.preprocessor_options)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What front ends may know about an installed model (for listings and validation)."""
 

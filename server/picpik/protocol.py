@@ -71,6 +71,29 @@ class Image2ImageParams(Wire):
     ResizeMode: ResizeModeName = "ResizeAndFill"
 
 
+class MaskParams(Wire):
+    """ModifyMaskedPixels' `Masked`: the raw image, its mask (white = redraw) and how to redraw."""
+
+    ImageIndex: IndexValue
+    MaskIndex: IndexValue
+    ReferStrength: Annotated[float, Field(ge=0, le=2)] = 1.0
+    InvertMask: bool = False
+    MaskBlur: Annotated[int, Field(ge=0, le=64)] = 12
+    PromptsMoreImportant: bool = False
+
+
+class BackgroundImage2ImageParams(Wire):
+    ImageIndex: IndexValue
+    ReferStrength: Annotated[float, Field(ge=0, le=1)] = 0.3
+    ResizeMode: ResizeModeName = "ResizeAndFill"
+    DeepFusion: bool = False
+
+
+class TransparentForegroundParams(Wire):
+    ImageIndex: IndexValue
+    ResizeMode: ResizeModeName = "ResizeAndFill"
+
+
 class Envelope(Wire):
     """The fields every request carries."""
 
@@ -107,6 +130,33 @@ class GenerateImagesRequest(GenerationRequest):
     Image2Image: Image2ImageParams | None = None
     Tileable: bool | None = None
     ImageAndMaskList: list[str] | None = None
+
+
+class ModifyMaskedPixelsRequest(GenerationRequest):
+    Masked: MaskParams
+    ControlNetList: Annotated[list[ControlNetUnit], Field(max_length=3)] | None = None
+    Image2Image: Image2ImageParams | None = None
+    ImageAndMaskList: list[str] | None = None
+
+
+class ApplyReferenceStyleRequest(GenerationRequest):
+    RawImageIndex: IndexValue
+    StyleImageIndex: IndexValue
+    StyleReferStrength: Annotated[float, Field(ge=0, le=1)] = 0.5
+    ImageList: list[str] | None = None
+
+    @field_validator("StyleReferStrength", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any, info: Any) -> Any:
+        return cls.model_fields[info.field_name].default if value is None else value
+
+
+class GenerateBackgroundsRequest(GenerationRequest):
+    TransparentForeground: TransparentForegroundParams | None = None
+    # The published request example names the foreground this way instead: the first index.
+    TransparentImageIndexList: Annotated[list[IndexValue], Field(max_length=1)] | None = None
+    BackgroundImage2Image: BackgroundImage2ImageParams | None = None
+    ImageList: list[str] | None = None
 
 
 class ListTasksDetailsRequest(Envelope):

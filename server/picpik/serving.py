@@ -7,49 +7,34 @@ field at fault. Nothing is queued unless the whole request is valid.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import math
-import secrets
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, fields
-from typing import Any, TypeVar
-
-from PIL.Image import Image
-from pydantic import BaseModel, ValidationError
+from typing import Any
 
 from pipelines.engine import Engine
-from pipelines.jobs import GenerationJob, JobError, JobKind, ModelInfo, ResizeMode
-from pipelines.samplers import is_known_sampler
-from server.images import ImageDecodeError, decode_base64_image
+from pipelines.jobs import GenerationJob, JobError, ModelInfo
 from server.keys import KeyStore
 from server.picpik import protocol as wire
+from server.picpik.common import (
+    DEFAULT_CFG_SCALE,
+    DEFAULT_CLIP_SKIP,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    PROTOCOL,
+    Caller,
+    Handler,
+    job_summary,
+    parse,
+)
 from server.picpik.errors import SUBMIT_RET_CODES, TASK_ERROR_CODES, PicpikError, RetCode
+from server.picpik.generation import GenerationActions
 from server.picpik.signature import verify
 from server.results import image_url
 from server.taskstore import TaskRecord, TaskStatus, TaskStore
 from server.tracking import TaskTracker
 
 log = logging.getLogger(__name__)
-
-PROTOCOL = "picpik"
-W = TypeVar("W", bound=BaseModel)
-
-# PICPIK's documented defaults for the main model's InferenceParams.
-DEFAULT_STEPS = 10
-DEFAULT_CFG_SCALE = 7.5
-DEFAULT_SAMPLER = "Euler"
-DEFAULT_CLIP_SKIP = 1
-DEFAULT_SIDE = 1024
-SIZE_MULTIPLE = 8  # SD latents are 1/8 of the image: sizes are rounded to the nearest multiple
-
-RESIZE_MODES: dict[str, ResizeMode] = {
-    "JustResize": ResizeMode.JUST_RESIZE,
-    "CropAndResize": ResizeMode.CROP_AND_RESIZE,
-    "ResizeAndFill": ResizeMode.RESIZE_AND_FILL,
-}
 
 STATUS_NAMES: dict[TaskStatus, str] = {
     TaskStatus.QUEUED: "Queuing",
@@ -61,10 +46,6 @@ STATUS_NAMES: dict[TaskStatus, str] = {
 # Actions of the real API that later issues implement; until then they get UNSUPPORTED.
 NOT_YET_SERVED = frozenset(
     {
-        "ModifyMaskedPixels",
-        "ApplyReferenceStyle",
-        "GenerateBackgrounds",
-        "ListControlNets",
         "RemoveBackground",
         "RemoveBackgroundsInBatch",
         "ExtractContents",
@@ -80,42 +61,12 @@ NOT_YET_SERVED = frozenset(
 )
 
 UNLIMITED_CREDITS = 2147483647  # a local server has no credit limit
-
-
-@dataclass(frozen=True)
-class Caller:
-    owner: str  # the PublicKey that signed the request; "" when the server runs open
-    base_url: str  # where result URLs point
-
-
-Handler = Callable[[dict[str, Any], Caller], Awaitable[dict[str, Any]]]
-
-
-def round_side(value: int) -> int:
-    """Round a side to the model's multiple of 8 (64..2560 stay in range)."""
-    return max(64, math.floor(value / SIZE_MULTIPLE + 0.5) * SIZE_MULTIPLE)
-
-
-def point_cost(width: int, height: int, steps: int, images: int) -> int:
-    """ConsumeApiPoint: one point per million pixels per step per image, rounded up."""
-    return math.ceil(width * height * steps * images / 1_000_000)
-
-
-def _loc(parts: tuple[Any, ...]) -> str:
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def parse(model: type[W], body: dict[str, Any]) -> W:
-    try:
-        return model.model_validate(body)
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise PicpikError(
-            RetCode.INVALID_PARAMETER, f"invalid {_loc(first['loc']) or 'request'}: {first['msg']}"
-        ) from None
+DEFAULT_PREPROCESSOR_RESOLUTION = 512
+# Processor-specific parameters ListControlNets shows with their defaults (controlnet-aux's).
+PREPROCESSOR_DEFAULTS: dict[str, dict[str, float]] = {
+    "mlsd": {"MLSDValueThreshold": 0.1, "MLSDDistanceThreshold": 0.1},
+    "canny": {"CannyLowThreshold": 100, "CannyHighThreshold": 200},
+}
 
 
 def _reject_constant(name: str) -> Any:
@@ -136,8 +87,13 @@ class PicpikService:
         self.tracker = tracker
         self.keys = keys
         self.public_url = public_url
+        generation = GenerationActions(engine, self._submit)
         self.handlers: dict[str, Handler] = {
-            "GenerateImages": self.generate_images,
+            "GenerateImages": generation.generate_images,
+            "ModifyMaskedPixels": generation.modify_masked_pixels,
+            "ApplyReferenceStyle": generation.apply_reference_style,
+            "GenerateBackgrounds": generation.generate_backgrounds,
+            "ListControlNets": self.list_controlnets,
             "ListTasksDetails": self.list_tasks_details,
             "ListRunningTasks": self.list_running_tasks,
             "TerminateTask": self.terminate_task,
@@ -219,79 +175,6 @@ class PicpikService:
         return public_key
 
     # --- generation ---
-
-    async def generate_images(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        req = parse(wire.GenerateImagesRequest, body)
-        for name, used in (
-            ("ControlNetList", bool(req.ControlNetList)),
-            ("SubModelList", bool(req.SubModelList)),
-            ("Tileable", bool(req.Tileable)),
-        ):
-            if used:
-                raise PicpikError(
-                    RetCode.UNSUPPORTED, f"{name} is not supported by this server yet"
-                )
-        model = self._main_model(req.MainModel)
-        params = (req.MainModel.InferenceParams if req.MainModel else None) or wire.Params()
-        sampler = params.Sampler or model.default_sampler or DEFAULT_SAMPLER
-        if not is_known_sampler(sampler):
-            raise PicpikError(
-                RetCode.INVALID_PARAMETER,
-                f"invalid MainModel.InferenceParams.Sampler: unknown sampler {sampler!r}",
-            )
-        width = round_side(req.Width or DEFAULT_SIDE)
-        height = round_side(req.Height or DEFAULT_SIDE)
-        steps = params.Steps or model.default_steps or DEFAULT_STEPS
-        seed = req.Seed if req.Seed >= 0 else secrets.randbelow(2147483647)
-        i2i = req.Image2Image
-        init_image = None
-        if i2i is not None:
-            init_image = await self._image(
-                req.ImageAndMaskList, i2i.ImageIndex, "Image2Image.ImageIndex"
-            )
-        job = GenerationJob(
-            kind=JobKind.TXT2IMG if i2i is None else JobKind.IMG2IMG,
-            model=model.code,
-            prompt=_join(req.PositivePrompts),
-            negative_prompt=_join(req.NegativePrompts),
-            width=width,
-            height=height,
-            steps=steps,
-            guidance_scale=params.CFGScale or model.default_guidance_scale or DEFAULT_CFG_SCALE,
-            sampler=sampler,
-            clip_skip=params.ClipSkip or model.default_clip_skip or DEFAULT_CLIP_SKIP,
-            seeds=tuple(seed + i for i in range(req.BatchSize)),
-            init_image=init_image,
-            # ReferStrength is how much of the reference survives.
-            strength=0.0 if i2i is None else 1.0 - i2i.ReferStrength,
-            resize_mode=RESIZE_MODES[i2i.ResizeMode if i2i else "ResizeAndFill"],
-            use_model_vae=req.UseMainModelVAE,
-            owner=caller.owner,
-        )
-        cost = point_cost(width, height, steps, req.BatchSize)
-        task_id = self._submit(req.Action, job, caller, cost)
-        return {"TaskUID": task_id}
-
-    def _main_model(self, main: wire.ModelRef | None) -> ModelInfo:
-        identifier = (main.ModelCode or main.Name) if main else None
-        try:
-            return self.engine.resolve_model(identifier)
-        except JobError as error:
-            raise PicpikError(
-                RetCode.UNKNOWN_MODEL, f"invalid MainModel: {error.message}"
-            ) from None
-
-    async def _image(self, images: list[str] | None, index: int, field: str) -> Image:
-        images = images or []
-        if index >= len(images):
-            raise PicpikError(
-                RetCode.INVALID_PARAMETER,
-                f"invalid {field}: {index} is out of range (ImageAndMaskList has {len(images)})",
-            )
-        try:
-            return await asyncio.to_thread(decode_base64_image, images[index])
-        except ImageDecodeError as error:
-            raise PicpikError(RetCode.INVALID_IMAGE, f"ImageAndMaskList[{index}] {error}") from None
 
     def _submit(self, action: str, job: GenerationJob, caller: Caller, cost: int) -> str:
         task_id = uuid.uuid4().hex
@@ -380,10 +263,52 @@ class PicpikService:
             main[name] = _model_entry(model, name=name, code=model.code, official=False)
         return {
             "MainModels": main,
-            "LoraModels": {},
-            "EmbeddingModels": {},
-            "HypernetworkModels": {},
+            "LoraModels": self._sub_model_entries("lora", {"LoraWeight": 1}),
+            "EmbeddingModels": self._sub_model_entries("embedding", {}),
+            "HypernetworkModels": self._sub_model_entries("hypernetwork", {"LoraWeight": 1}),
         }
+
+    def _sub_model_entries(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+        entries: dict[str, Any] = {}
+        for model in self.engine.list_models(kind):
+            name = model.name if model.name not in entries else model.code
+            entries[name] = wire.ModelEntry(
+                Name=name,
+                ModelCode=model.code,
+                IsOfficial=False,
+                # An embedding is used through its token: the code, as in A1111.
+                TriggerWordList=list(model.trigger_words)
+                or ([model.code] if kind == "embedding" else []),
+                InferenceParams=params,
+                Description=model.description,
+            ).model_dump()
+        return entries
+
+    async def list_controlnets(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Installed ControlNet models, and the preprocessors that can run here."""
+        preprocessors = {
+            p.code: {
+                "ModelCode": p.code,
+                "InferenceParams": {"Resolution": DEFAULT_PREPROCESSOR_RESOLUTION}
+                | {name: value for name, value in PREPROCESSOR_DEFAULTS.get(p.code, {}).items()},
+            }
+            for p in self.engine.list_preprocessors()
+            if p.available
+        }
+        control_models = {
+            model.name: {
+                "ModelCode": model.code,
+                "InferenceParams": {
+                    "ControlWeight": 1,
+                    "StartingStep": 0,
+                    "EndingStep": 1,
+                    "ControlMode": "Balanced",
+                    "ResizeMode": "ResizeAndFill",
+                },
+            }
+            for model in self.engine.list_models("controlnet")
+        }
+        return {"PreProcessors": preprocessors, "ControlModels": control_models}
 
     async def get_credit_balance(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         return {
@@ -391,15 +316,6 @@ class PicpikService:
             "UsedCredits": self.store.usage(caller.owner),
             "ExpireTimestamp": 0,
         }
-
-
-def job_summary(job: GenerationJob) -> dict[str, Any]:
-    """What the task record keeps of a job: every field but the images (JSON-ready)."""
-    return {f.name: getattr(job, f.name) for f in fields(job) if not f.name.endswith("_image")}
-
-
-def _join(prompts: list[str] | None) -> str:
-    return ", ".join(p.strip() for p in prompts or [] if p and p.strip())
 
 
 def _model_entry(

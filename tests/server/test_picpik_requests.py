@@ -53,7 +53,7 @@ _DELETE = object()
 
 BAD_REQUESTS: list[tuple[str, dict, RetCode, str]] = [
     ("unknown action", {"Action": "MakeCoffee"}, RetCode.UNKNOWN_ACTION, "MakeCoffee"),
-    ("later action", {"Action": "ModifyMaskedPixels"}, RetCode.UNSUPPORTED, "ModifyMaskedPixels"),
+    ("later action", {"Action": "DescribeImages"}, RetCode.UNSUPPORTED, "DescribeImages"),
     ("width too small", _bad(Width=63), RetCode.INVALID_PARAMETER, "Width"),
     ("width too large", _bad(Width=2561), RetCode.INVALID_PARAMETER, "Width"),
     ("height as text", _bad(Height="tall"), RetCode.INVALID_PARAMETER, "Height"),
@@ -185,13 +185,116 @@ BAD_REQUESTS: list[tuple[str, dict, RetCode, str]] = [
         "ControlNetList",
     ),
     (
-        "controlnet not yet",
-        _bad(ControlNetList=[{"ImageIndex": 0}]),
-        RetCode.UNSUPPORTED,
-        "ControlNetList",
+        "controlnet without model",
+        _bad(ControlNetList=[{"ImageIndex": 0}], ImageAndMaskList=[_png_b64()]),
+        RetCode.INVALID_PARAMETER,
+        "ControlNetList[0].ControlModel",
     ),
-    ("lora not yet", _bad(SubModelList=[{"ModelCode": "x"}]), RetCode.UNSUPPORTED, "SubModelList"),
-    ("tiling not yet", _bad(Tileable=True), RetCode.UNSUPPORTED, "Tileable"),
+    (
+        "controlnet without image",
+        _bad(ControlNetList=[{"ControlModel": {"ModelCode": "control_v11p_sd15_canny"}}]),
+        RetCode.INVALID_PARAMETER,
+        "ControlNetList[0].ImageIndex",
+    ),
+    (
+        "controlnet not installed",
+        _bad(
+            ControlNetList=[{"ImageIndex": 0, "ControlModel": {"ModelCode": "control_v11p_x"}}],
+            ImageAndMaskList=[_png_b64()],
+        ),
+        RetCode.UNKNOWN_MODEL,
+        "control_v11p_x",
+    ),
+    (
+        "control weight 2.5",
+        _bad(
+            ControlNetList=[
+                {
+                    "ImageIndex": 0,
+                    "ControlModel": {"ModelCode": "c", "InferenceParams": {"ControlWeight": 2.5}},
+                }
+            ]
+        ),
+        RetCode.INVALID_PARAMETER,
+        "ControlWeight",
+    ),
+    (
+        "ending step 1.5",
+        _bad(
+            ControlNetList=[
+                {
+                    "ImageIndex": 0,
+                    "ControlModel": {"ModelCode": "c", "InferenceParams": {"EndingStep": 1.5}},
+                }
+            ]
+        ),
+        RetCode.INVALID_PARAMETER,
+        "EndingStep",
+    ),
+    (
+        "unknown control mode",
+        _bad(
+            ControlNetList=[
+                {
+                    "ImageIndex": 0,
+                    "ControlModel": {"ModelCode": "c", "InferenceParams": {"ControlMode": "loud"}},
+                }
+            ]
+        ),
+        RetCode.INVALID_PARAMETER,
+        "ControlMode",
+    ),
+    (
+        "resolution not a multiple of 64",
+        _bad(
+            ControlNetList=[
+                {
+                    "ImageIndex": 0,
+                    "PreProcessor": {"ModelCode": "canny", "InferenceParams": {"Resolution": 100}},
+                }
+            ]
+        ),
+        RetCode.INVALID_PARAMETER,
+        "Resolution",
+    ),
+    (
+        "resolution 4096",
+        _bad(
+            ControlNetList=[
+                {
+                    "ImageIndex": 0,
+                    "PreProcessor": {"ModelCode": "canny", "InferenceParams": {"Resolution": 4096}},
+                }
+            ]
+        ),
+        RetCode.INVALID_PARAMETER,
+        "Resolution",
+    ),
+    (
+        "unknown sub-model",
+        _bad(SubModelList=[{"ModelCode": "no-such-lora"}]),
+        RetCode.UNKNOWN_MODEL,
+        "SubModelList[0]",
+    ),
+    (
+        "sub-model without code",
+        _bad(SubModelList=[{"InferenceParams": {"LoraWeight": 1}}]),
+        RetCode.INVALID_PARAMETER,
+        "SubModelList[0]",
+    ),
+    (
+        "lora weight 2.5",
+        _bad(SubModelList=[{"ModelCode": "x", "InferenceParams": {"LoraWeight": 2.5}}]),
+        RetCode.INVALID_PARAMETER,
+        "LoraWeight",
+    ),
+    (
+        "lora weight -1.5",
+        _bad(SubModelList=[{"ModelCode": "x", "InferenceParams": {"LoraWeight": -1.5}}]),
+        RetCode.INVALID_PARAMETER,
+        "LoraWeight",
+    ),
+    ("tileable not a bool", _bad(Tileable="maybe"), RetCode.INVALID_PARAMETER, "Tileable"),
     (
         "translate not a bool",
         _bad(TranslatePrompts="maybe"),

@@ -1,0 +1,86 @@
+"""What every PICPIK action module shares: the caller, request parsing, sizes, costs, defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypeVar
+
+from PIL.Image import Image
+from pydantic import BaseModel, ValidationError
+
+from pipelines.jobs import GenerationJob
+from server.picpik.errors import PicpikError, RetCode
+
+PROTOCOL = "picpik"
+W = TypeVar("W", bound=BaseModel)
+
+# PICPIK's documented defaults for the main model's InferenceParams.
+DEFAULT_STEPS = 10
+DEFAULT_CFG_SCALE = 7.5
+DEFAULT_SAMPLER = "Euler"
+DEFAULT_CLIP_SKIP = 1
+DEFAULT_SIDE = 1024
+MIN_SIDE, MAX_SIDE = 64, 2560
+SIZE_MULTIPLE = 8  # SD latents are 1/8 of the image: sizes are rounded to the nearest multiple
+
+
+@dataclass(frozen=True)
+class Caller:
+    owner: str  # the PublicKey that signed the request; "" when the server runs open
+    base_url: str  # where result URLs point
+
+
+Handler = Callable[[dict[str, Any], Caller], Awaitable[dict[str, Any]]]
+# Stores the task and queues the job: (action, job, caller, point cost) -> TaskUID.
+Submit = Callable[[str, GenerationJob, Caller, int], str]
+
+
+def round_side(value: int) -> int:
+    """Round a side to the model's multiple of 8, within PICPIK's 64..2560."""
+    rounded = math.floor(value / SIZE_MULTIPLE + 0.5) * SIZE_MULTIPLE
+    return min(MAX_SIDE, max(MIN_SIDE, rounded))
+
+
+def point_cost(width: int, height: int, steps: int, images: int) -> int:
+    """ConsumeApiPoint: one point per million pixels per step per image, rounded up."""
+    return math.ceil(width * height * steps * images / 1_000_000)
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse(model: type[W], body: dict[str, Any]) -> W:
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise PicpikError(
+            RetCode.INVALID_PARAMETER, f"invalid {_loc(first['loc']) or 'request'}: {first['msg']}"
+        ) from None
+
+
+def job_summary(job: GenerationJob) -> dict[str, Any]:
+    """What the task record keeps of a job: every setting, no image data (JSON-ready)."""
+    return _plain(job)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Image):
+        return f"<image {value.width}x{value.height}>"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
