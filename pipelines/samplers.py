@@ -23,6 +23,9 @@ DEFAULT_SAMPLER = "Default"
 _KARRAS = MappingProxyType({"use_karras_sigmas": True})
 _SDE = MappingProxyType({"algorithm_type": "sde-dpmsolver++"})
 _SDE_KARRAS = MappingProxyType({"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True})
+# Stable Diffusion latents are not clipped (SD's own scheduler configs say so; diffusers' SD
+# pipelines force it too): set it explicitly, whatever the checkpoint's scheduler config holds.
+_NO_CLIP = MappingProxyType({"clip_sample": False})
 
 SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType(
     {
@@ -43,15 +46,15 @@ SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType(
         "DPM++ 2M SDE Karras": SamplerSpec("DPMSolverMultistepScheduler", _SDE_KARRAS),
         "DPM++ SDE": SamplerSpec("DPMSolverSinglestepScheduler"),
         "DPM++ SDE Karras": SamplerSpec("DPMSolverSinglestepScheduler", _KARRAS),
-        "DDIM": SamplerSpec("DDIMScheduler"),
+        "DDIM": SamplerSpec("DDIMScheduler", _NO_CLIP),
         "PLMS": SamplerSpec("PNDMScheduler"),
         "UniPC": SamplerSpec("UniPCMultistepScheduler"),
         "DEIS": SamplerSpec("DEISMultistepScheduler"),
-        "DDPM": SamplerSpec("DDPMScheduler"),
+        "DDPM": SamplerSpec("DDPMScheduler", _NO_CLIP),
         "LCM": SamplerSpec("LCMScheduler"),
         # diffusers class names.
-        "DDIMScheduler": SamplerSpec("DDIMScheduler"),
-        "DDPMScheduler": SamplerSpec("DDPMScheduler"),
+        "DDIMScheduler": SamplerSpec("DDIMScheduler", _NO_CLIP),
+        "DDPMScheduler": SamplerSpec("DDPMScheduler", _NO_CLIP),
         "DEISMultistepScheduler": SamplerSpec("DEISMultistepScheduler"),
         "DPMSolverSinglestepScheduler": SamplerSpec("DPMSolverSinglestepScheduler"),
         "DPMSolverMultistepScheduler": SamplerSpec("DPMSolverMultistepScheduler"),

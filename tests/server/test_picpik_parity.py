@@ -209,3 +209,57 @@ def test_full_refer_strength_returns_the_fitted_reference(make_client) -> None:
     )
     for got in _download(client, detail):
         assert np.array_equal(got, np.asarray(init))
+
+
+# PICPIK Sampler name -> the diffusers scheduler class and config a user would set up by hand.
+SAMPLER_CASES: list[tuple[str, str, dict]] = [
+    ("Euler a", "EulerAncestralDiscreteScheduler", {}),
+    ("DDIM", "DDIMScheduler", {"clip_sample": False}),  # as SD's own scheduler config says
+    ("UniPC", "UniPCMultistepScheduler", {}),
+    ("Heun", "HeunDiscreteScheduler", {}),
+    ("LMS Karras", "LMSDiscreteScheduler", {"use_karras_sigmas": True}),
+    (
+        "DPM++ 2M SDE Karras",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
+    ("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}),
+]
+
+
+@pytest.fixture(scope="module")
+def sampler_client(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import demo_app
+
+    with TestClient(demo_app(demo_dir, tmp_path_factory.mktemp("samplers"))) as client:
+        yield PicpikClient(client)
+
+
+@pytest.mark.parametrize(("name", "scheduler", "options"), SAMPLER_CASES)
+def test_sampler_names_match_their_diffusers_schedulers(
+    sampler_client: PicpikClient, reference, name: str, scheduler: str, options: dict
+) -> None:
+    import diffusers
+
+    detail = sampler_client.generate(
+        MainModel={"InferenceParams": {"Steps": 6, "Sampler": name}},
+        PositivePrompts=["a tree"],
+        Width=64,
+        Height=64,
+        Seed=3,
+    )
+    pipe = StableDiffusionPipeline(**reference.components)
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(
+        reference.scheduler.config, **options
+    )
+    direct = pipe(
+        prompt="a tree",
+        width=64,
+        height=64,
+        num_inference_steps=6,
+        guidance_scale=7.5,
+        generator=_generators(3, 1),
+    ).images
+    _assert_same(_download(sampler_client, detail), direct)
