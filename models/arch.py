@@ -330,6 +330,19 @@ def detect_diffusers_pipeline(folder: Path) -> Detected:
     return Detected(ModelKind.CHECKPOINT, architecture, UNET_IN_CHANNELS[in_channels])
 
 
+# transformers `model_type`s of CLIP image-encoder folders (IP-Adapters' image encoders).
+IMAGE_ENCODER_MODEL_TYPES: frozenset[str] = frozenset({"clip_vision_model", "clip"})
+
+
+def image_encoder_config(folder: Path) -> dict[str, object] | None:
+    """config.json of a transformers CLIP image-encoder folder, or None if it is not one."""
+    try:
+        config = _read_json(folder / COMPONENT_CONFIG)
+    except ModelDetectionError:
+        return None
+    return config if config.get("model_type") in IMAGE_ENCODER_MODEL_TYPES else None
+
+
 def detect_diffusers_component(folder: Path) -> Detected:
     """A single diffusers model folder (config.json), e.g. a ControlNet or a VAE."""
     config_path = folder / COMPONENT_CONFIG

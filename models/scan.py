@@ -7,7 +7,9 @@
 
 Folder names match case-insensitively and sub-folders are searched too. Only file headers and
 JSON configs are read, so a scan of many gigabytes takes milliseconds and needs no torch.
-Pickle-based weights (.ckpt, .pt, .bin, .pth) are listed as skipped unless the operator opts in.
+Pickle-based weights (.ckpt, .pt, .bin, .pth) are listed as skipped unless the operator opts in,
+except embeddings and hypernetworks: those load with torch's weights-only unpickler, which runs no
+code, and the scan only peeks at their object tree (models/peek.py).
 Unreadable, corrupt or unrecognised files are skipped with a reason: a scan never raises for them.
 Symlinks are followed only while they stay inside the models directory.
 """
@@ -31,10 +33,19 @@ from models.arch import (
     detect_checkpoint,
     detect_diffusers_component,
     detect_diffusers_pipeline,
+    image_encoder_config,
     is_checkpoint,
     read_safetensors_header,
 )
 from models.catalogue import Architecture, ModelKind, ModelSpec, WeightFormat
+from models.peek import (
+    embedding_architecture,
+    embedding_vectors,
+    hypernetwork_architecture,
+    lora_trigger_words,
+    peek_torch_file,
+    read_safetensors_metadata,
+)
 
 # Sub-folder name (lower case) -> the kind of model it holds.
 KIND_FOLDERS: dict[str, ModelKind] = {
@@ -59,6 +70,12 @@ UNSUPPORTED_SUFFIXES: dict[str, str] = {
     ".onnx": "ONNX models are not supported",
 }
 MODEL_SUFFIXES = SAFETENSORS_SUFFIXES | PICKLE_SUFFIXES
+# Pickles loaded with torch's weights-only unpickler (no code runs), so without the opt-in:
+# A1111 embeddings and hypernetworks are .pt files, diffusers embeddings .bin.
+WEIGHTS_ONLY_PICKLES: dict[ModelKind, frozenset[str]] = {
+    ModelKind.EMBEDDING: frozenset({".pt", ".bin"}),
+    ModelKind.HYPERNETWORK: frozenset({".pt", ".bin"}),
+}
 MISPLACED_HINT = "not in a model folder: move it into checkpoints/, loras/, embeddings/, vae/..."
 
 # Kinds whose single files must be recognised as that kind; unrecognised files in the other
@@ -96,6 +113,7 @@ class _Found:
     detected: Detected
     weight_format: WeightFormat
     description: str = ""
+    trigger_words: tuple[str, ...] = ()
 
 
 def scan_models_dir(models_dir: Path, *, allow_pickle: bool = False) -> ScanResult:
@@ -180,10 +198,16 @@ def _examine(
     suffix = path.suffix.lower()
     try:
         if path.is_dir():
+            if kind is ModelKind.IP_ADAPTER and image_encoder_config(path) is not None:
+                return None  # an adapter's CLIP image encoder (h94's image_encoder/): not a model
             return _Found(relative, path, kind, _detect_folder(path, kind), WeightFormat.DIFFUSERS)
         if suffix in SAFETENSORS_SUFFIXES:
             detected = _detect_file(path, kind)
-            return _Found(relative, path, kind, detected, WeightFormat.SAFETENSORS)
+            words = _trigger_words(path) if kind is ModelKind.LORA else ()
+            return _Found(relative, path, kind, detected, WeightFormat.SAFETENSORS, "", words)
+        if suffix in WEIGHTS_ONLY_PICKLES.get(kind, ()):
+            detected = _detect_weights_only_pickle(path, kind)
+            return _Found(relative, path, kind, detected, WeightFormat.PICKLE)
     except ModelDetectionError as e:
         return SkippedFile(path, str(e).removeprefix(f"{path}: "))
     if suffix in PICKLE_SUFFIXES:
@@ -214,6 +238,21 @@ def _detect_folder(path: Path, kind: ModelKind) -> Detected:
     return detected
 
 
+def _trigger_words(path: Path) -> tuple[str, ...]:
+    """A kohya LoRA's most frequent training tags (the manifest's trigger_words override them)."""
+    return lora_trigger_words(read_safetensors_metadata(path))
+
+
+def _detect_weights_only_pickle(path: Path, kind: ModelKind) -> Detected:
+    tree = peek_torch_file(path)
+    if kind is ModelKind.HYPERNETWORK:
+        return Detected(kind, hypernetwork_architecture(tree))
+    vectors = embedding_vectors(tree)
+    if not vectors:
+        raise ModelDetectionError(f"{path}: not recognised as an embedding")
+    return Detected(kind, embedding_architecture(vectors))
+
+
 def _detect_file(path: Path, kind: ModelKind) -> Detected:
     header = read_safetensors_header(path)
     if kind is ModelKind.CHECKPOINT and is_checkpoint(header):
@@ -226,10 +265,16 @@ def _detect_file(path: Path, kind: ModelKind) -> Detected:
             f"{path}: looks like a {detected.kind.value}, not a {kind.value}: move it to the "
             f"{detected.kind.value} folder"
         )
+    if kind is ModelKind.EMBEDDING and _one_vector_table(header):
+        return Detected(kind, Architecture.UNKNOWN)  # a diffusers embedding of an unusual width
     if kind in STRICT_KINDS:
         raise ModelDetectionError(f"{path}: not recognised as a {kind.value}")
     # ControlNet / IP-Adapter / hypernetwork layouts vary: accept what the folder says.
     return Detected(kind, context_architecture(header))
+
+
+def _one_vector_table(header: Header) -> bool:
+    return len(header) == 1 and all(1 <= len(info.shape) <= 2 for info in header.values())
 
 
 def _classify_or_none(header: Header, path: Path) -> Detected | None:
@@ -267,6 +312,7 @@ def _to_specs(found: list[_Found]) -> list[ModelSpec]:
             weight_format=f.weight_format,
             inpainting=f.detected.inpainting,
             description=f.description,
+            trigger_words=f.trigger_words,
         )
         for f, code in zip(found, _codes(found), strict=True)
     ]

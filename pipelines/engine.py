@@ -18,7 +18,15 @@ from models.catalogue import Catalogue, ModelKind, ModelSpec, UnknownModelError
 from models.manifest import ManifestError
 from models.registry import build_catalogue
 from pipelines.handle import JobHandle
-from pipelines.jobs import ErrorCode, GenerationJob, JobError, JobKind, ModelInfo
+from pipelines.jobs import (
+    ErrorCode,
+    GenerationJob,
+    JobError,
+    JobKind,
+    ModelInfo,
+    PreprocessorInfo,
+)
+from pipelines.preprocessors import list_preprocessors
 from pipelines.queue import JobQueue, QueueFull
 from pipelines.samplers import is_known_sampler
 from pipelines.worker import DeviceWorker, default_dtype, detect_devices
@@ -176,3 +184,7 @@ class Engine:
     def model_aliases(self) -> dict[str, str]:
         """Public ids (e.g. "PICPIK General") -> the checkpoint code they resolve to."""
         return dict(self.catalogue.aliases)
+
+    def list_preprocessors(self) -> list[PreprocessorInfo]:
+        """ControlNet preprocessors, each with whether its weights are installed (and where)."""
+        return list_preprocessors(self.config.models_dir)

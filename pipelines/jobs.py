@@ -109,6 +109,7 @@ class GenerationJob:
     # inpaint / background: what the redrawn area starts from instead of the raw image (an extra
     # reference, fitted with resize_mode); None = the raw image / plain noise.
     fill_image: Image | None = field(default=None, repr=False)
+    fill_resize_mode: ResizeMode | None = None  # how fill_image is fitted; None = resize_mode
     deep_fusion: bool = False  # background: a harmonisation pass over the composite
     controls: tuple[ControlUnit, ...] = ()
     style: StyleReference | None = None

@@ -168,7 +168,7 @@ class GenerationActions:
             # ReferStrength is how much of the reference survives.
             strength=0.0 if i2i is None else 1.0 - i2i.ReferStrength,
             resize_mode=RESIZE_MODES[i2i.ResizeMode if i2i else "ResizeAndFill"],
-            controls=await self._controls(req.ControlNetList, images),
+            **await self._controls(req.ControlNetList, images),
             tileable=bool(req.Tileable),
             **self._common(req, main, caller, width, height),
         )
@@ -196,9 +196,9 @@ class GenerationActions:
             mask=mask,
             mask_blur=masked.MaskBlur,
             fill_image=fill,
+            fill_resize_mode=RESIZE_MODES[i2i.ResizeMode] if i2i else None,
             strength=strength,
-            resize_mode=RESIZE_MODES[i2i.ResizeMode if i2i else "ResizeAndFill"],
-            controls=await self._controls(req.ControlNetList, images),
+            **await self._controls(req.ControlNetList, images),
             **self._common(req, main, caller, width, height),
         )
         return self._queue(req, job, caller, main)
@@ -246,6 +246,7 @@ class GenerationActions:
             # Without a reference the background is drawn from noise.
             strength=1.0 if background is None else 1.0 - background.ReferStrength,
             resize_mode=RESIZE_MODES[foreground_params.ResizeMode],
+            fill_resize_mode=RESIZE_MODES[background.ResizeMode] if background else None,
             deep_fusion=background is not None and background.DeepFusion,
             **self._common(req, main, caller, width, height),
         )
@@ -363,8 +364,11 @@ class GenerationActions:
 
     async def _controls(
         self, units: list[wire.ControlNetUnit] | None, images: ImageInputs
-    ) -> tuple[ControlUnit, ...]:
-        controls = []
+    ) -> dict[str, Any]:
+        """The job's `controls`, and its `style` when a unit names an IP-Adapter instead of a
+        ControlNet (A1111's ControlNet extension lists `ip-adapter_sd15` among control models)."""
+        controls: list[ControlUnit] = []
+        style: StyleReference | None = None
         for i, unit in enumerate(units or []):
             where = f"ControlNetList[{i}]"
             if unit.ControlModel is None or not unit.ControlModel.ModelCode:
@@ -376,13 +380,25 @@ class GenerationActions:
                 raise PicpikError(
                     RetCode.INVALID_PARAMETER, f"invalid {where}.ImageIndex: Field required"
                 )
+            code = unit.ControlModel.ModelCode
+            control = unit.ControlModel.InferenceParams or wire.Params()
+            image = (await images.get(unit.ImageIndex, f"{where}.ImageIndex")).convert("RGB")
+            adapter = self._ip_adapter(code)
+            if adapter is not None:
+                if style is not None:
+                    raise PicpikError(
+                        RetCode.INVALID_PARAMETER,
+                        f"invalid {where}: only one IP-Adapter unit per request",
+                    )
+                weight = min(1.0, _or(control.ControlWeight, 1.0))
+                style = StyleReference(image=image, strength=weight, adapter=adapter.code)
+                continue
             try:
-                model = self.engine.resolve_model(unit.ControlModel.ModelCode, "controlnet")
+                model = self.engine.resolve_model(code, "controlnet")
             except JobError as error:
                 raise PicpikError(
                     RetCode.UNKNOWN_MODEL, f"invalid {where}.ControlModel: {error.message}"
                 ) from None
-            control = unit.ControlModel.InferenceParams or wire.Params()
             start, end = _or(control.StartingStep, 0.0), _or(control.EndingStep, 1.0)
             if start >= end:
                 raise PicpikError(
@@ -397,7 +413,7 @@ class GenerationActions:
             controls.append(
                 ControlUnit(
                     model=model.code,
-                    image=(await images.get(unit.ImageIndex, f"{where}.ImageIndex")).convert("RGB"),
+                    image=image,
                     mask=mask,
                     preprocessor=preprocessor,
                     preprocessor_options=MappingProxyType(options),
@@ -409,7 +425,13 @@ class GenerationActions:
                     resize_mode=RESIZE_MODES[control.ResizeMode or "ResizeAndFill"],
                 )
             )
-        return tuple(controls)
+        return {"controls": tuple(controls), "style": style}
+
+    def _ip_adapter(self, code: str) -> ModelInfo | None:
+        try:
+            return self.engine.resolve_model(code, "ip_adapter")
+        except JobError:
+            return None
 
     def _preprocessor(
         self, ref: wire.PreProcessorRef | None, where: str

@@ -7,12 +7,18 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from diffusers import DiffusionPipeline
 
 from models.catalogue import Architecture, ModelKind, WeightFormat
 from models.scan import PICKLE_ARCHITECTURE_NOTE, ScanResult, scan_models_dir
 from tests.models import tiny
 from tests.models.tiny import write_fake_safetensors
+from tests.models.tiny_submodels import (
+    hypernetwork_state,
+    save_a1111_pt_embedding,
+    save_hypernetwork,
+)
 
 SD1, SD2, SDXL, UNKNOWN = (
     Architecture.SD1,
@@ -61,11 +67,13 @@ def models_dir(tmp_path: Path, sd1_pipe: DiffusionPipeline) -> Path:
     put(root / "Lora/style.txt", b"trigger: style")
     fake(root / "LyCORIS/loha.safetensors", tiny.LYCORIS_LOHA)
     fake(root / "LyCORIS/not-a-lora.safetensors", tiny.VAE_FILE)
-    # embeddings and hypernetworks
+    # embeddings and hypernetworks: A1111 .pt pickles need no opt-in (weights-only unpickler)
     fake(root / "embeddings/easynegative.safetensors", tiny.SD1_EMBEDDING)
     fake(root / "embeddings/xl-negative.safetensors", tiny.SDXL_EMBEDDING)
-    put(root / "embeddings/old-style.pt", b"pickle")
-    put(root / "hypernetworks/anime.pt", b"pickle")
+    save_a1111_pt_embedding(root / "embeddings/old-style.pt", torch.zeros(2, 768))
+    anime = hypernetwork_state([768, 320], layer_structure=(1, 0.01, 1))
+    save_hypernetwork(root / "hypernetworks/anime.pt", anime)
+    put(root / "hypernetworks/broken.pt", b"pickle")
     # ControlNet (single file + diffusers folder), IP-Adapter, VAE
     fake(root / "ControlNet/control_sd15_canny.safetensors", tiny.SD1_CONTROLNET)
     (root / "ControlNet/canny-sdxl").mkdir(parents=True)
@@ -136,7 +144,9 @@ def test_realistic_tree(models_dir: Path) -> None:
         "checkpoints/sd15.safetensors": (CKPT, "checkpoints/sd15", SD1, True, ST),
         "checkpoints/tiny-diffusers": (CKPT, "tiny-diffusers", SD1, False, DIFFUSERS),
         "embeddings/easynegative.safetensors": (EMB, "easynegative", SD1, False, ST),
+        "embeddings/old-style.pt": (EMB, "old-style", SD1, False, PICKLE),
         "embeddings/xl-negative.safetensors": (EMB, "xl-negative", SDXL, False, ST),
+        "hypernetworks/anime.pt": (HN, "anime", SD1, False, PICKLE),
         "ipadapter/ip-adapter_sdxl.safetensors": (IPA, "ip-adapter_sdxl", SDXL, False, ST),
         "ipadapter/unusual-layout.safetensors": (IPA, "unusual-layout", UNKNOWN, False, ST),
     }
@@ -158,8 +168,7 @@ def test_skipped_files_say_why(models_dir: Path) -> None:
         "Stable-diffusion/refiner.safetensors": "SDXL refiner",
         "VAE/garbage.safetensors": "not a safetensors file",
         "checkpoints/model.gguf": "GGUF",
-        "embeddings/old-style.pt": "EASEL_ALLOW_PICKLE=1",
-        "hypernetworks/anime.pt": "pickle weights are not loaded by default",
+        "hypernetworks/broken.pt": "not a PyTorch weights file",
         "stray.safetensors": "not in a model folder",
     }
     assert set(skipped) == set(expected)
@@ -176,7 +185,9 @@ def test_allow_pickle_lists_pickles_with_an_assumed_architecture(models_dir: Pat
         ("anime", HN),
     }
     assert all(s.architecture is SD1 for s in pickles.values())
-    assert all(s.description == PICKLE_ARCHITECTURE_NOTE for s in pickles.values())
+    # a checkpoint's family is assumed; embeddings and hypernetworks say theirs (widths 768)
+    assert pickles["old"].description == PICKLE_ARCHITECTURE_NOTE
+    assert pickles["old-style"].description == pickles["anime"].description == ""
     assert "Stable-diffusion/old.ckpt" not in reasons(result, models_dir)
 
 

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    ControlNetModel,
     EulerDiscreteScheduler,
+    StableDiffusionControlNetPipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
@@ -32,6 +34,12 @@ from pipelines.engine import Engine, EngineConfig
 from server.app import build_app
 from server.settings import Settings
 from tests.models import tiny
+from tests.models.tiny_controlnet import (
+    save_controlnet_config,
+    save_controlnet_single_file,
+    save_mlsd,
+    tiny_sd1_controlnet,
+)
 from tests.models.tiny_ip_adapter import (
     ip_adapter_state,
     save_image_encoder,
@@ -68,6 +76,13 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "manifest.toml").write_text(
         '[models."checkpoints/tiny.safetensors"]\nconfig = "configs/tiny"\n'
     )
+    net = tiny_sd1_controlnet()
+    save_controlnet_single_file(net, root / "controlnet" / "control_v11p_sd15_canny.safetensors")
+    save_controlnet_config(net, root / "configs" / "canny")
+    with (root / "manifest.toml").open("a") as manifest:
+        manifest.write('[models."controlnet/control_v11p_sd15_canny.safetensors"]\n')
+        manifest.write('config = "configs/canny"\n')
+    save_mlsd(root / "annotators")
     adapter = ip_adapter_state(pipe.unet, image_embed_dim=32, seed=7)
     save_ip_adapter(adapter, root / "ipadapter" / "ip-adapter_sd15.safetensors")
     save_image_encoder(tiny_image_encoder(projection_dim=32), root / "clip_vision" / "vit-h")
@@ -82,12 +97,29 @@ def client(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield PicpikClient(http)
 
 
-@pytest.fixture(scope="module")
-def base(models_dir: Path) -> StableDiffusionPipeline:
+def load_reference(models_dir: Path) -> StableDiffusionPipeline:
     """The checkpoint loaded from the same file, the Euler sampler PICPIK defaults to."""
     catalogue = build_catalogue(models_dir, demo_root=None).catalogue
     pipe = load_pipeline(catalogue.resolve("tiny"), device="cpu", dtype=torch.float32)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def base(models_dir: Path) -> StableDiffusionPipeline:
+    return load_reference(models_dir)
+
+
+def with_ip_adapter(models_dir: Path, cls: type, scale: float):
+    """A fresh reference with diffusers' own IP-Adapter loading (never the shared `base`)."""
+    pipe = cls(**load_reference(models_dir).components)
+    pipe.load_ip_adapter(
+        str(models_dir),
+        subfolder="ipadapter",
+        weight_name="ip-adapter_sd15.safetensors",
+        image_encoder_folder="clip_vision/vit-h",
+    )
+    pipe.set_ip_adapter_scale(scale)
     return pipe
 
 
@@ -114,7 +146,7 @@ def assert_same(server: list[np.ndarray], direct: list[Image.Image]) -> None:
 
 
 def test_apply_reference_style_is_img2img_with_the_ip_adapter(
-    client: PicpikClient, base: StableDiffusionPipeline, models_dir: Path
+    client: PicpikClient, models_dir: Path
 ) -> None:
     raw, style = picture(1), picture(2, (40, 48))
     got = run(
@@ -129,27 +161,17 @@ def test_apply_reference_style_is_img2img_with_the_ip_adapter(
         BatchSize=2,
         ImageList=[b64(raw), b64(style)],
     )
-    pipe = StableDiffusionImg2ImgPipeline(**base.components)
-    pipe.load_ip_adapter(
-        str(models_dir),
-        subfolder="ipadapter",
-        weight_name="ip-adapter_sd15.safetensors",
-        image_encoder_folder="clip_vision/vit-h",
-    )
-    pipe.set_ip_adapter_scale(0.7)
-    try:
-        want = pipe(
-            prompt="an apple",
-            image=raw,
-            strength=0.75,  # docs/picpik.md: the raw image is redrawn at 0.75
-            ip_adapter_image=style,
-            num_inference_steps=STEPS,
-            guidance_scale=CFG,
-            num_images_per_prompt=2,
-            generator=generators(11, 2),
-        ).images
-    finally:
-        pipe.unload_ip_adapter()
+    pipe = with_ip_adapter(models_dir, StableDiffusionImg2ImgPipeline, 0.7)
+    want = pipe(
+        prompt="an apple",
+        image=raw,
+        strength=0.75,  # docs/picpik.md: the raw image is redrawn at 0.75
+        ip_adapter_image=style,
+        num_inference_steps=STEPS,
+        guidance_scale=CFG,
+        num_images_per_prompt=2,
+        generator=generators(11, 2),
+    ).images
     assert_same(got, want)
 
 
@@ -250,3 +272,233 @@ def test_masked_size_defaults_to_the_raw_images(client: PicpikClient) -> None:
         ImageAndMaskList=[b64(raw), b64(square_mask(72))],
     )
     assert got[0].shape == (80, 72, 3)
+
+
+# --- GenerateBackgrounds -------------------------------------------------------------------------
+
+
+def foreground(size: int = 64) -> Image.Image:
+    """An opaque patterned square (hard edge) on a transparent canvas."""
+    image = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    image.paste(picture(8, (24, 24)).convert("RGBA"), (20, 16))
+    return image
+
+
+def alpha_over(front: Image.Image, back: Image.Image) -> np.ndarray:
+    return np.asarray(Image.alpha_composite(back.convert("RGBA"), front).convert("RGB"))
+
+
+@pytest.mark.parametrize("with_reference", [False, True])
+def test_generate_backgrounds_is_diffusers_inpainting_under_the_foreground(
+    client: PicpikClient, base: StableDiffusionPipeline, with_reference: bool
+) -> None:
+    front, reference = foreground(), picture(9)
+    params: dict = {}
+    if with_reference:
+        params["BackgroundImage2Image"] = {"ImageIndex": 1, "ReferStrength": 0.4}
+    got = run(
+        client,
+        "GenerateBackgrounds",
+        MainModel=MAIN,
+        PositivePrompts=["a beach"],
+        TransparentForeground={"ImageIndex": 0},
+        Seed=21,
+        ImageList=[b64(front), b64(reference)],
+        **params,
+    )
+    # docs/picpik.md: drawn from noise (strength 1) over grey, or from the reference at
+    # 1 - ReferStrength; where the foreground is not opaque.
+    under = reference if with_reference else Image.new("RGB", (64, 64), (128, 128, 128))
+    alpha = np.asarray(front.getchannel("A"))
+    mask = Image.fromarray(np.where(alpha < 255, 255, 0).astype(np.uint8))
+    pipe = StableDiffusionInpaintPipeline(**base.components)
+    generated = pipe(
+        prompt="a beach",
+        image=Image.fromarray(alpha_over(front, under)),
+        mask_image=mask,
+        strength=0.6 if with_reference else 1.0,
+        width=64,
+        height=64,
+        num_inference_steps=STEPS,
+        guidance_scale=CFG,
+        generator=generators(21),
+    ).images[0]
+    want = alpha_over(front, generated)
+    assert np.array_equal(got[0], want)
+    opaque = alpha == 255
+    assert np.array_equal(got[0][opaque], np.asarray(front.convert("RGB"))[opaque])
+
+
+def test_deep_fusion_keeps_the_foreground_exactly_and_changes_the_background(
+    client: PicpikClient,
+) -> None:
+    front, reference = foreground(), picture(9)
+    common = {
+        "MainModel": MAIN,
+        "TransparentForeground": {"ImageIndex": 0},
+        "Seed": 4,
+        "ImageList": [b64(front), b64(reference)],
+    }
+    plain = run(
+        client,
+        "GenerateBackgrounds",
+        BackgroundImage2Image={"ImageIndex": 1, "ReferStrength": 0.3},
+        **common,
+    )[0]
+    reply = client.call(
+        "GenerateBackgrounds",
+        BackgroundImage2Image={"ImageIndex": 1, "ReferStrength": 0.3, "DeepFusion": True},
+        **common,
+    )
+    detail = client.wait(reply["TaskUID"])
+    fused = np.asarray(
+        Image.open(io.BytesIO(client.http.get(detail["ImgList"][0]).content)).convert("RGB")
+    )
+    opaque = np.asarray(front.getchannel("A")) == 255
+    assert np.array_equal(fused[opaque], plain[opaque])
+    assert not np.array_equal(fused[~opaque], plain[~opaque])
+    # ceil(64 * 64 * 6 steps / 10^6) = 1 point, plus DeepFusion's ceil(6 * that pixel-steps) = 1
+    assert detail["ConsumeApiPoint"] == 2
+
+
+def test_an_ip_adapter_control_unit_is_a_style_reference(
+    client: PicpikClient, models_dir: Path
+) -> None:
+    """A1111's ControlNet extension lists ip-adapter_sd15 as a control model: such a unit of
+    GenerateImages is the IP-Adapter at scale ControlWeight."""
+    style = picture(12)
+    got = run(
+        client,
+        "GenerateImages",
+        MainModel=MAIN,
+        PositivePrompts=["a vase"],
+        Width=64,
+        Height=64,
+        Seed=2,
+        ControlNetList=[
+            {
+                "ImageIndex": 0,
+                "ControlModel": {
+                    "ModelCode": "ip-adapter_sd15",
+                    "InferenceParams": {"ControlWeight": 0.8},
+                },
+            }
+        ],
+        ImageAndMaskList=[b64(style)],
+    )
+    pipe = with_ip_adapter(models_dir, StableDiffusionPipeline, 0.8)
+    want = pipe(
+        prompt="a vase",
+        ip_adapter_image=style,
+        width=64,
+        height=64,
+        num_inference_steps=STEPS,
+        guidance_scale=CFG,
+        generator=generators(2),
+    ).images
+    assert_same(got, want)
+
+
+# --- ControlNetList and ListControlNets ----------------------------------------------------------
+
+
+def test_a_canny_control_unit_is_diffusers_controlnet_on_controlnet_auxs_map(
+    client: PicpikClient, base: StableDiffusionPipeline, models_dir: Path
+) -> None:
+    from controlnet_aux import CannyDetector
+
+    guide = picture(13)
+    got = run(
+        client,
+        "GenerateImages",
+        MainModel=MAIN,
+        PositivePrompts=["a bridge"],
+        Width=64,
+        Height=64,
+        Seed=8,
+        ControlNetList=[
+            {
+                "ImageIndex": 0,
+                "PreProcessor": {
+                    "ModelCode": "canny",
+                    "InferenceParams": {
+                        "Resolution": 64,
+                        "CannyLowThreshold": 50,
+                        "CannyHighThreshold": 150,
+                    },
+                },
+                "ControlModel": {
+                    "ModelCode": "control_v11p_sd15_canny",
+                    "InferenceParams": {
+                        "ControlWeight": 0.7,
+                        "StartingStep": 0.2,
+                        "EndingStep": 0.8,
+                        "ControlMode": "Balanced",
+                    },
+                },
+            }
+        ],
+        ImageAndMaskList=[b64(guide)],
+    )
+    edges = CannyDetector()(
+        guide,
+        low_threshold=50,
+        high_threshold=150,
+        detect_resolution=64,
+        image_resolution=64,
+        output_type="pil",
+    )
+    controlnet = ControlNetModel.from_single_file(
+        str(models_dir / "controlnet" / "control_v11p_sd15_canny.safetensors"),
+        config=str(models_dir / "configs" / "canny"),
+        local_files_only=True,
+    )
+    pipe = StableDiffusionControlNetPipeline(**base.components, controlnet=controlnet)
+    want = pipe(
+        prompt="a bridge",
+        image=edges,
+        controlnet_conditioning_scale=0.7,
+        control_guidance_start=0.2,
+        control_guidance_end=0.8,
+        width=64,
+        height=64,
+        num_inference_steps=STEPS,
+        guidance_scale=CFG,
+        generator=generators(8),
+    ).images
+    assert_same(got, want)
+
+
+def test_list_controlnets_shows_what_is_installed(client: PicpikClient) -> None:
+    reply = client.call("ListControlNets")
+    assert reply["RetCode"] == 0, reply
+    models = reply["ControlModels"]
+    assert models["control_v11p_sd15_canny"]["ModelCode"] == "control_v11p_sd15_canny"
+    assert models["control_v11p_sd15_canny"]["InferenceParams"]["ControlWeight"] == 1
+    preprocessors = reply["PreProcessors"]
+    for code in ("canny", "shuffle", "lineart_standard", "mlsd"):  # mlsd: its file is installed
+        assert preprocessors[code]["ModelCode"] == code
+        assert preprocessors[code]["InferenceParams"]["Resolution"] == 512
+    assert preprocessors["mlsd"]["InferenceParams"]["MLSDValueThreshold"] == 0.1
+    assert "depth" not in preprocessors  # its weights are not installed
+
+
+def test_a_preprocessor_without_its_weights_is_refused_naming_the_file(
+    client: PicpikClient,
+) -> None:
+    reply = client.call(
+        "GenerateImages",
+        MainModel=MAIN,
+        Width=64,
+        Height=64,
+        ControlNetList=[
+            {
+                "ImageIndex": 0,
+                "PreProcessor": {"ModelCode": "depth"},
+                "ControlModel": {"ModelCode": "control_v11p_sd15_canny"},
+            }
+        ],
+        ImageAndMaskList=[b64(picture(1))],
+    )
+    assert reply["RetCode"] == 10030, reply
+    assert "annotators" in reply["Message"] and ".pt" in reply["Message"], reply

@@ -1,0 +1,205 @@
+"""Canvases, masks and compositing for masked redraws (inpaint, outpaint, background). Pure PIL.
+
+Inpaint (ModifyMaskedPixels):
+- The raw image is scaled to fit inside the requested size, keeping its aspect ratio and never
+  upscaled, and centred. Where it does not cover the canvas (outpainting: the requested size
+  exceeds the raw image), the canvas is filled by repeating the raw image's outermost pixels
+  (edge extension) and that border is added to the mask: it is redrawn.
+- The mask (white = redraw, already inverted upstream) is first resized to the raw image's size
+  if it differs, then fitted exactly like the raw image, binarised at 50% grey, and finally
+  blurred (Gaussian, `mask_blur` px) into a soft mask m in 0..255.
+- The generated image is composited over the canvas, generated * m + canvas * (1 - m) per pixel
+  (A1111's overlay): wherever m is 0 the result is the input's pixels, bit for bit.
+
+Background (GenerateBackgrounds):
+- The foreground must be RGBA with some transparent pixels (not all of them). It is fitted with
+  the job's resize mode; ResizeAndFill leaves the uncovered area transparent (background to
+  generate), not edge-extended.
+- The mask is where alpha < 255, with no blur beyond the alpha's own soft edge; after generation
+  the foreground is put back over the result with its alpha (alpha-over), so opaque pixels are the
+  input's, bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from pipelines.jobs import ErrorCode, JobError, ResizeMode
+
+_RESAMPLE = Image.Resampling.LANCZOS
+MASK_THRESHOLD = 127  # mask values above it (50% grey) are redrawn
+OPAQUE = 255
+NEUTRAL_GREY = (128, 128, 128)  # what a background starts from when no reference is given
+
+
+@dataclass(frozen=True)
+class InpaintCanvas:
+    """The inputs of one inpaint/outpaint redraw at the job's size."""
+
+    image: Image.Image  # RGB: the fitted raw image, its uncovered border edge-extended
+    mask: Image.Image  # L, 0 or 255: the fitted, binarised mask plus the outpainted border
+    blurred: Image.Image  # L: `mask` blurred; the diffusers mask and the compositing weights
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the scaled raw image sits on the canvas."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+
+
+def place(raw_size: tuple[int, int], width: int, height: int) -> Placement:
+    """The raw image's box on a width x height canvas: fitted inside, never upscaled, centred."""
+    raw_w, raw_h = raw_size
+    scale = min(1.0, width / raw_w, height / raw_h)
+    w = min(width, max(1, round(raw_w * scale)))
+    h = min(height, max(1, round(raw_h * scale)))
+    return Placement((width - w) // 2, (height - h) // 2, w, h)
+
+
+def _scaled(image: Image.Image, box: Placement) -> Image.Image:
+    size = (box.width, box.height)
+    return image if image.size == size else image.resize(size, _RESAMPLE)
+
+
+def _pad_widths(box: Placement, width: int, height: int) -> tuple[tuple[int, int], ...]:
+    return (
+        (box.top, height - box.top - box.height),
+        (box.left, width - box.left - box.width),
+    )
+
+
+def fit_raw(raw: Image.Image, width: int, height: int) -> tuple[Image.Image, Placement]:
+    """The raw image (RGB) on the canvas; an uncovered border repeats its outermost pixels."""
+    box = place(raw.size, width, height)
+    pixels = np.asarray(_scaled(raw.convert("RGB"), box))
+    padded = np.pad(pixels, (*_pad_widths(box, width, height), (0, 0)), mode="edge")
+    return Image.fromarray(padded, "RGB"), box
+
+
+def fit_mask(
+    mask: Image.Image | None, raw_size: tuple[int, int], width: int, height: int
+) -> Image.Image:
+    """The mask fitted like its raw image, binarised (0/255); the outpainted border is 255.
+
+    None means "redraw nothing of the raw image" (only an outpainted border, if any)."""
+    box = place(raw_size, width, height)
+    if mask is None:
+        inner = np.zeros((box.height, box.width), np.uint8)
+    else:
+        grey = mask.convert("L")
+        if grey.size != raw_size:
+            grey = grey.resize(raw_size, _RESAMPLE)
+        inner = np.where(np.asarray(_scaled(grey, box)) > MASK_THRESHOLD, 255, 0).astype(np.uint8)
+    padded = np.pad(inner, _pad_widths(box, width, height), constant_values=255)
+    return Image.fromarray(padded, "L")
+
+
+def blur_mask(mask: Image.Image, radius: int) -> Image.Image:
+    """A Gaussian blur of the mask edge (radius in px); 0 keeps it sharp."""
+    return mask.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else mask.copy()
+
+
+def inpaint_canvas(
+    raw: Image.Image, mask: Image.Image | None, width: int, height: int, blur: int
+) -> InpaintCanvas:
+    image, _ = fit_raw(raw, width, height)
+    binary = fit_mask(mask, raw.size, width, height)
+    return InpaintCanvas(image, binary, blur_mask(binary, blur))
+
+
+def composite(top: Image.Image, bottom: Image.Image, mask: Image.Image) -> Image.Image:
+    """top * m + bottom * (1 - m) per pixel, m = mask / 255: exactly bottom where m is 0 and
+    exactly top where m is 1 (RGB images, an L mask, one size)."""
+    m = np.asarray(mask.convert("L"), np.float64)[..., None] / 255.0
+    t = np.asarray(top.convert("RGB"), np.float64)
+    b = np.asarray(bottom.convert("RGB"), np.float64)
+    mixed = np.rint(t * m + b * (1.0 - m))
+    return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8), "RGB")
+
+
+# --- background ----------------------------------------------------------------------------------
+
+
+def rgba_foreground(image: Image.Image) -> Image.Image:
+    """The foreground as RGBA; refuses images with no transparency, or nothing opaque."""
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        raise JobError(
+            ErrorCode.INVALID_INPUT,
+            "GenerateBackgrounds needs a PNG with a transparent background (this image has no "
+            "alpha channel)",
+        )
+    rgba = image.convert("RGBA")
+    low, high = rgba.getchannel("A").getextrema()
+    if low == OPAQUE:
+        raise JobError(
+            ErrorCode.INVALID_INPUT,
+            "GenerateBackgrounds needs a PNG with a transparent background (every pixel of this "
+            "one is opaque)",
+        )
+    if high == 0:
+        raise JobError(
+            ErrorCode.INVALID_INPUT,
+            "GenerateBackgrounds needs a foreground: every pixel of this PNG is transparent",
+        )
+    return rgba
+
+
+def _fg_just_resize(image: Image.Image, width: int, height: int) -> Image.Image:
+    return image.resize((width, height), _RESAMPLE)
+
+
+def _fg_crop_and_resize(image: Image.Image, width: int, height: int) -> Image.Image:
+    scale = max(width / image.width, height / image.height)
+    w, h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
+    left, top = (w - width) // 2, (h - height) // 2
+    return image.resize((w, h), _RESAMPLE).crop((left, top, left + width, top + height))
+
+
+def _fg_resize_and_fill(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Fit inside the target (up or down); the uncovered area is transparent."""
+    scale = min(width / image.width, height / image.height)
+    w = min(width, max(1, round(image.width * scale)))
+    h = min(height, max(1, round(image.height * scale)))
+    canvas = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    canvas.paste(image.resize((w, h), _RESAMPLE), ((width - w) // 2, (height - h) // 2))
+    return canvas
+
+
+# The same geometry as pipelines.imaging's fitters, for RGBA (resized with premultiplied alpha).
+_FOREGROUND_FITTERS: dict[ResizeMode, Callable[[Image.Image, int, int], Image.Image]] = {
+    ResizeMode.JUST_RESIZE: _fg_just_resize,
+    ResizeMode.CROP_AND_RESIZE: _fg_crop_and_resize,
+    ResizeMode.RESIZE_AND_FILL: _fg_resize_and_fill,
+}
+
+
+def fit_foreground(image: Image.Image, width: int, height: int, mode: ResizeMode) -> Image.Image:
+    """The RGBA foreground at width x height; unchanged pixels when it already has that size."""
+    rgba = image.convert("RGBA")
+    if rgba.size == (width, height):
+        return rgba
+    return _FOREGROUND_FITTERS[mode](rgba, width, height)
+
+
+def background_mask(foreground: Image.Image) -> Image.Image:
+    """255 where the foreground is not fully opaque (to generate), 0 where it is."""
+    alpha = np.asarray(foreground.getchannel("A"))
+    return Image.fromarray(np.where(alpha < OPAQUE, 255, 0).astype(np.uint8), "L")
+
+
+def dilate(mask: Image.Image, pixels: int) -> Image.Image:
+    """The white area of a mask grown by `pixels` in every direction."""
+    return mask.filter(ImageFilter.MaxFilter(2 * pixels + 1)) if pixels > 0 else mask.copy()
+
+
+def alpha_over(foreground: Image.Image, background: Image.Image) -> Image.Image:
+    """The RGBA foreground over an RGB background: opaque pixels are the foreground's exactly."""
+    return composite(foreground.convert("RGB"), background, foreground.getchannel("A"))
