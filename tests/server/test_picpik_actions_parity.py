@@ -34,6 +34,7 @@ from pipelines.engine import Engine, EngineConfig
 from server.app import build_app
 from server.settings import Settings
 from tests.models import tiny
+from tests.models import tiny_submodels as sub
 from tests.models.tiny_controlnet import (
     save_controlnet_config,
     save_controlnet_single_file,
@@ -83,6 +84,15 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         manifest.write('[models."controlnet/control_v11p_sd15_canny.safetensors"]\n')
         manifest.write('config = "configs/canny"\n')
     save_mlsd(root / "annotators")
+    sub.save_lora(
+        sub.kohya_lora(pipe, seed=3),
+        root / "loras" / "paper-cut.safetensors",
+        tag_frequency={"10_papercut": {"papercut": 9, "paper": 4}},
+    )
+    sub.save_a1111_safetensors_embedding(
+        root / "embeddings" / "shiny.safetensors", sub.embedding_vectors(32, 2, seed=1)
+    )
+    sub.save_hypernetwork(root / "hypernetworks" / "soft.pt", sub.hypernetwork_state([32, 64]))
     adapter = ip_adapter_state(pipe.unet, image_embed_dim=32, seed=7)
     save_ip_adapter(adapter, root / "ipadapter" / "ip-adapter_sd15.safetensors")
     save_image_encoder(tiny_image_encoder(projection_dim=32), root / "clip_vision" / "vit-h")
@@ -502,3 +512,157 @@ def test_a_preprocessor_without_its_weights_is_refused_naming_the_file(
     )
     assert reply["RetCode"] == 10030, reply
     assert "annotators" in reply["Message"] and ".pt" in reply["Message"], reply
+
+
+# --- SubModelList and ListModels -----------------------------------------------------------------
+
+
+def test_list_models_lists_the_sub_models_with_their_trigger_words(client: PicpikClient) -> None:
+    reply = client.call("ListModels")
+    assert reply["RetCode"] == 0, reply
+    lora = reply["LoraModels"]["paper-cut"]
+    assert lora["ModelCode"] == "paper-cut"
+    assert lora["TriggerWordList"][:2] == ["papercut", "paper"]
+    assert lora["InferenceParams"] == {"LoraWeight": 1}
+    assert reply["EmbeddingModels"]["shiny"]["TriggerWordList"] == ["shiny"]
+    assert reply["HypernetworkModels"]["soft"]["ModelCode"] == "soft"
+
+
+def lora_reference(models_dir: Path) -> StableDiffusionPipeline:
+    """A fresh reference without models.compat's `text_model` alias, which diffusers' LoRA
+    loader misreads (it only serves clip skip, unused here)."""
+    pipe = load_reference(models_dir)
+    if vars(pipe.text_encoder).get("text_model") is pipe.text_encoder:
+        del vars(pipe.text_encoder)["text_model"]
+    return pipe
+
+
+def test_a_lora_and_an_embedding_token_match_diffusers_and_leave_the_model_clean(
+    client: PicpikClient, base: StableDiffusionPipeline, models_dir: Path
+) -> None:
+    request = {"MainModel": MAIN, "Width": 64, "Height": 64, "Seed": 17}
+    before = run(client, "GenerateImages", PositivePrompts=["a fox"], **request)
+    got = run(
+        client,
+        "GenerateImages",
+        PositivePrompts=["a fox, shiny"],  # the embedding applies through its token
+        SubModelList=[{"ModelCode": "paper-cut", "InferenceParams": {"LoraWeight": 0.6}}],
+        **request,
+    )
+    after = run(client, "GenerateImages", PositivePrompts=["a fox"], **request)
+    pipe = lora_reference(models_dir)
+    pipe.load_lora_weights(str(models_dir / "loras" / "paper-cut.safetensors"), adapter_name="a")
+    pipe.set_adapters(["a"], [0.6])
+    pipe.load_textual_inversion(str(models_dir / "embeddings" / "shiny.safetensors"), token="shiny")
+    want = pipe(
+        prompt="a fox, shiny",
+        width=64,
+        height=64,
+        num_inference_steps=STEPS,
+        guidance_scale=CFG,
+        generator=generators(17),
+    ).images
+    assert_same(got, want)
+    plain = base(
+        prompt="a fox",
+        width=64,
+        height=64,
+        num_inference_steps=STEPS,
+        guidance_scale=CFG,
+        generator=generators(17),
+    ).images
+    assert_same(before, plain)
+    assert_same(after, plain)  # the next task saw the clean model
+
+
+def test_a_hypernetwork_changes_the_image_for_its_task_only(client: PicpikClient) -> None:
+    request = {"MainModel": MAIN, "Width": 64, "Height": 64, "Seed": 19, "PositivePrompts": ["x"]}
+    plain = run(client, "GenerateImages", **request)
+    hyper = run(
+        client,
+        "GenerateImages",
+        SubModelList=[{"ModelCode": "soft", "InferenceParams": {"LoraWeight": 1}}],
+        **request,
+    )
+    zero = run(
+        client,
+        "GenerateImages",
+        SubModelList=[{"ModelCode": "soft", "InferenceParams": {"LoraWeight": 0}}],
+        **request,
+    )
+    assert not np.array_equal(hyper[0], plain[0])
+    assert_same(zero, [Image.fromarray(plain[0])])
+    assert_same(run(client, "GenerateImages", **request), [Image.fromarray(plain[0])])
+
+
+# --- Tileable ------------------------------------------------------------------------------------
+
+
+def test_tileable_is_diffusers_with_circular_padding_and_does_not_leak(
+    client: PicpikClient, models_dir: Path
+) -> None:
+    request = {"MainModel": MAIN, "Width": 64, "Height": 64, "Seed": 23, "PositivePrompts": ["x"]}
+    got = run(client, "GenerateImages", Tileable=True, **request)
+    after = run(client, "GenerateImages", **request)
+    pipe = load_reference(models_dir)
+    plain = pipe(
+        prompt="x",
+        width=64,
+        height=64,
+        num_inference_steps=STEPS,
+        guidance_scale=CFG,
+        generator=generators(23),
+    ).images
+    for module in [*pipe.unet.modules(), *pipe.vae.modules()]:
+        if isinstance(module, torch.nn.Conv2d):
+            module.padding_mode = "circular"
+    tiled = pipe(
+        prompt="x",
+        width=64,
+        height=64,
+        num_inference_steps=STEPS,
+        guidance_scale=CFG,
+        generator=generators(23),
+    ).images
+    assert_same(got, tiled)
+    assert_same(after, plain)
+    assert not np.array_equal(np.asarray(tiled[0]), np.asarray(plain[0]))
+
+
+def test_prompts_more_important_draws_the_masked_area_from_noise(client: PicpikClient) -> None:
+    """docs/picpik.md: PromptsMoreImportant means strength 1, as ReferStrength 0 does."""
+    images = [b64(picture(3)), b64(square_mask())]
+    masked = {"ImageIndex": 0, "MaskIndex": 1, "MaskBlur": 2}
+    request = {"MainModel": MAIN, "Seed": 31, "ImageAndMaskList": images}
+    prompt_first = run(
+        client,
+        "ModifyMaskedPixels",
+        Masked={**masked, "ReferStrength": 2, "PromptsMoreImportant": True},
+        **request,
+    )
+    from_noise = run(client, "ModifyMaskedPixels", Masked={**masked, "ReferStrength": 0}, **request)
+    default = run(client, "ModifyMaskedPixels", Masked=masked, **request)
+    assert_same(prompt_first, [Image.fromarray(from_noise[0])])
+    assert not np.array_equal(default[0], from_noise[0])
+
+
+def test_masked_redraw_with_a_control_unit_keeps_the_unmasked_pixels(
+    client: PicpikClient,
+) -> None:
+    raw = picture(14)
+    unit = {
+        "ImageIndex": 0,
+        "PreProcessor": {"ModelCode": "canny", "InferenceParams": {"Resolution": 64}},
+        "ControlModel": {"ModelCode": "control_v11p_sd15_canny"},
+    }
+    request = {
+        "MainModel": MAIN,
+        "Masked": {"ImageIndex": 0, "MaskIndex": 1, "MaskBlur": 0},
+        "Seed": 3,
+        "ImageAndMaskList": [b64(raw), b64(square_mask())],
+    }
+    controlled = run(client, "ModifyMaskedPixels", ControlNetList=[unit], **request)[0]
+    plain = run(client, "ModifyMaskedPixels", **request)[0]
+    kept = np.asarray(square_mask()) == 0
+    assert np.array_equal(controlled[kept], np.asarray(raw)[kept])
+    assert not np.array_equal(controlled[~kept], plain[~kept])
