@@ -666,3 +666,40 @@ def test_masked_redraw_with_a_control_unit_keeps_the_unmasked_pixels(
     kept = np.asarray(square_mask()) == 0
     assert np.array_equal(controlled[kept], np.asarray(raw)[kept])
     assert not np.array_equal(controlled[~kept], plain[~kept])
+
+
+@pytest.mark.parametrize(
+    ("preprocessor", "code", "needle"),
+    [
+        ({"ModelCode": "sharpie"}, 10030, "unknown preprocessor 'sharpie'"),
+        (
+            {"ModelCode": "canny", "InferenceParams": {"MLSDValueThreshold": 0.2}},
+            10010,
+            "not a parameter of canny",
+        ),
+        (
+            {"ModelCode": "mlsd", "InferenceParams": {"MLSDValueThreshold": "high"}},
+            10010,
+            "must be a number",
+        ),
+    ],
+)
+def test_bad_preprocessor_requests_name_the_problem(
+    client: PicpikClient, preprocessor: dict, code: int, needle: str
+) -> None:
+    reply = client.call(
+        "GenerateImages",
+        MainModel=MAIN,
+        Width=64,
+        Height=64,
+        ControlNetList=[
+            {
+                "ImageIndex": 0,
+                "PreProcessor": preprocessor,
+                "ControlModel": {"ModelCode": "control_v11p_sd15_canny"},
+            }
+        ],
+        ImageAndMaskList=[b64(picture(1))],
+    )
+    assert reply["RetCode"] == code, reply
+    assert needle in reply["Message"], reply
