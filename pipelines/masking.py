@@ -13,8 +13,8 @@ Inpaint (ModifyMaskedPixels):
 
 Background (GenerateBackgrounds):
 - The foreground must be RGBA with some transparent pixels (not all of them). It is fitted with
-  the job's resize mode; ResizeAndFill leaves the uncovered area transparent (background to
-  generate), not edge-extended.
+  the job's resize mode (pipelines.imaging.fit_foreground); ResizeAndFill leaves the uncovered
+  area transparent (background to generate), not edge-extended.
 - The mask is where alpha < 255, with no blur beyond the alpha's own soft edge; after generation
   the foreground is put back over the result with its alpha (alpha-over), so opaque pixels are the
   input's, bit for bit.
@@ -22,13 +22,12 @@ Background (GenerateBackgrounds):
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pipelines.jobs import ErrorCode, JobError, ResizeMode
+from pipelines.jobs import ErrorCode, JobError
 
 _RESAMPLE = Image.Resampling.LANCZOS
 MASK_THRESHOLD = 127  # mask values above it (50% grey) are redrawn
@@ -150,43 +149,6 @@ def rgba_foreground(image: Image.Image) -> Image.Image:
             "GenerateBackgrounds needs a foreground: every pixel of this PNG is transparent",
         )
     return rgba
-
-
-def _fg_just_resize(image: Image.Image, width: int, height: int) -> Image.Image:
-    return image.resize((width, height), _RESAMPLE)
-
-
-def _fg_crop_and_resize(image: Image.Image, width: int, height: int) -> Image.Image:
-    scale = max(width / image.width, height / image.height)
-    w, h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
-    left, top = (w - width) // 2, (h - height) // 2
-    return image.resize((w, h), _RESAMPLE).crop((left, top, left + width, top + height))
-
-
-def _fg_resize_and_fill(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Fit inside the target (up or down); the uncovered area is transparent."""
-    scale = min(width / image.width, height / image.height)
-    w = min(width, max(1, round(image.width * scale)))
-    h = min(height, max(1, round(image.height * scale)))
-    canvas = Image.new("RGBA", (width, height), (0, 0, 0, 0))
-    canvas.paste(image.resize((w, h), _RESAMPLE), ((width - w) // 2, (height - h) // 2))
-    return canvas
-
-
-# The same geometry as pipelines.imaging's fitters, for RGBA (resized with premultiplied alpha).
-_FOREGROUND_FITTERS: dict[ResizeMode, Callable[[Image.Image, int, int], Image.Image]] = {
-    ResizeMode.JUST_RESIZE: _fg_just_resize,
-    ResizeMode.CROP_AND_RESIZE: _fg_crop_and_resize,
-    ResizeMode.RESIZE_AND_FILL: _fg_resize_and_fill,
-}
-
-
-def fit_foreground(image: Image.Image, width: int, height: int, mode: ResizeMode) -> Image.Image:
-    """The RGBA foreground at width x height; unchanged pixels when it already has that size."""
-    rgba = image.convert("RGBA")
-    if rgba.size == (width, height):
-        return rgba
-    return _FOREGROUND_FITTERS[mode](rgba, width, height)
 
 
 def background_mask(foreground: Image.Image) -> Image.Image:

@@ -23,14 +23,13 @@ from PIL import Image as PILImage
 from PIL.Image import Image
 
 from pipelines.control import prepare_controls
-from pipelines.imaging import fit_image
+from pipelines.imaging import fit_foreground, fit_image
 from pipelines.jobs import ErrorCode, GenerationJob, JobError
 from pipelines.masking import (
     NEUTRAL_GREY,
     alpha_over,
     background_mask,
     dilate,
-    fit_foreground,
     rgba_foreground,
 )
 from pipelines.runners.common import RunContext, StepReporter, make_scheduler

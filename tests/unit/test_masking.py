@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.imaging import fit_foreground
 from pipelines.jobs import ErrorCode, JobError, ResizeMode
 from pipelines.masking import (
     NEUTRAL_GREY,
@@ -14,7 +15,6 @@ from pipelines.masking import (
     blur_mask,
     composite,
     dilate,
-    fit_foreground,
     fit_mask,
     fit_raw,
     inpaint_canvas,
