@@ -127,26 +127,36 @@ def composite(top: Image.Image, bottom: Image.Image, mask: Image.Image) -> Image
 # --- background ----------------------------------------------------------------------------------
 
 
+ALPHA_MODES: frozenset[str] = frozenset({"RGBA", "LA", "PA"})  # modes with an alpha channel
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """An alpha channel, or a palette with a transparent entry."""
+    return image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
+
+
 def rgba_foreground(image: Image.Image) -> Image.Image:
-    """The foreground as RGBA; refuses images with no transparency, or nothing opaque."""
-    if "A" not in image.getbands() and "transparency" not in image.info:
+    """The foreground as RGBA; refuses images with no transparency, or nothing opaque. Front
+    ends call it before queueing, so a request is refused by the rule its job would meet."""
+    if not has_alpha(image):
         raise JobError(
             ErrorCode.INVALID_INPUT,
-            "GenerateBackgrounds needs a PNG with a transparent background (this image has no "
-            "alpha channel)",
+            "GenerateBackgrounds needs a PNG with a transparent background: this image has no "
+            "alpha channel",
         )
     rgba = image.convert("RGBA")
     low, high = rgba.getchannel("A").getextrema()
     if low == OPAQUE:
         raise JobError(
             ErrorCode.INVALID_INPUT,
-            "GenerateBackgrounds needs a PNG with a transparent background (every pixel of this "
-            "one is opaque)",
+            "GenerateBackgrounds needs a PNG with a transparent background: this image has no "
+            "transparent pixels",
         )
     if high == 0:
         raise JobError(
             ErrorCode.INVALID_INPUT,
-            "GenerateBackgrounds needs a foreground: every pixel of this PNG is transparent",
+            "GenerateBackgrounds needs a foreground: this PNG is fully transparent, there is no "
+            "foreground to keep",
         )
     return rgba
 

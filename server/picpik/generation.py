@@ -34,6 +34,7 @@ from pipelines.jobs import (
     SubModel,
     SubModelKind,
 )
+from pipelines.masking import rgba_foreground
 from pipelines.samplers import is_known_sampler
 from server.images import ImageDecodeError, decode_base64_image
 from server.picpik import protocol as wire
@@ -232,8 +233,13 @@ class GenerationActions:
             raise PicpikError(
                 RetCode.INVALID_PARAMETER, "invalid TransparentForeground: Field required"
             )
-        foreground = await images.get(foreground_params.ImageIndex, "TransparentForeground")
-        _require_transparency(foreground, f"ImageList[{foreground_params.ImageIndex}]")
+        index = foreground_params.ImageIndex
+        try:
+            foreground = rgba_foreground(await images.get(index, "TransparentForeground"))
+        except JobError as error:
+            raise PicpikError(
+                RetCode.INVALID_IMAGE, f"ImageList[{index}]: {error.message}"
+            ) from None
         background = req.BackgroundImage2Image
         fill = None
         if background is not None:
@@ -241,7 +247,7 @@ class GenerationActions:
         width, height = self._size(req, foreground)
         job = GenerationJob(
             kind=JobKind.BACKGROUND,
-            init_image=foreground.convert("RGBA"),
+            init_image=foreground,
             fill_image=fill,
             # Without a reference the background is drawn from noise.
             strength=1.0 if background is None else 1.0 - background.ReferStrength,
@@ -484,28 +490,3 @@ def _or(value: float | None, default: float) -> float:
 
 def _join(prompts: list[str] | None) -> str:
     return ", ".join(p.strip() for p in prompts or [] if p and p.strip())
-
-
-def _require_transparency(image: Image, where: str) -> None:
-    """GenerateBackgrounds draws where the foreground is transparent: it needs an alpha channel
-    with transparent pixels, and something opaque to keep."""
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
-        image.mode == "P" and "transparency" in image.info
-    )
-    if not has_alpha:
-        raise PicpikError(
-            RetCode.INVALID_IMAGE,
-            f"{where} has no alpha channel: TransparentForeground must be a PNG whose "
-            "background is transparent",
-        )
-    low, high = image.convert("RGBA").getchannel("A").getextrema()
-    if low == 255:
-        raise PicpikError(
-            RetCode.INVALID_IMAGE,
-            f"{where} has no transparent pixels: TransparentForeground must be a PNG whose "
-            "background is transparent",
-        )
-    if high == 0:
-        raise PicpikError(
-            RetCode.INVALID_IMAGE, f"{where} is fully transparent: there is no foreground to keep"
-        )
