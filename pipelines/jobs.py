@@ -178,6 +178,9 @@ class PreprocessorInfo:
     available: bool  # False: its weights are not installed
     hint: str = ""  # when unavailable: which file to install where
     options: tuple[str, ...] = ()  # option names it takes (ControlUnit.preprocessor_options)
+    defaults: Mapping[str, float] = field(
+        default_factory=lambda: MappingProxyType({})
+    )  # per option
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import cv2
@@ -259,6 +260,7 @@ def list_preprocessors(models_dir: Path | None) -> list[PreprocessorInfo]:
                 available=not missing,
                 hint=install_hint(code, missing, models_dir) if missing else "",
                 options=tuple(spec.options),
+                defaults=MappingProxyType({n: o.default for n, o in spec.options.items()}),
             )
         )
     return infos

@@ -28,7 +28,7 @@ from server.picpik.common import (
     parse,
 )
 from server.picpik.errors import SUBMIT_RET_CODES, TASK_ERROR_CODES, PicpikError, RetCode
-from server.picpik.generation import GenerationActions
+from server.picpik.generation import PREPROCESSOR_OPTIONS, GenerationActions
 from server.picpik.signature import verify
 from server.results import image_url
 from server.taskstore import TaskRecord, TaskStatus, TaskStore
@@ -62,11 +62,6 @@ NOT_YET_SERVED = frozenset(
 
 UNLIMITED_CREDITS = 2147483647  # a local server has no credit limit
 DEFAULT_PREPROCESSOR_RESOLUTION = 512
-# Processor-specific parameters ListControlNets shows with their defaults (controlnet-aux's).
-PREPROCESSOR_DEFAULTS: dict[str, dict[str, float]] = {
-    "mlsd": {"MLSDValueThreshold": 0.1, "MLSDDistanceThreshold": 0.1},
-    "canny": {"CannyLowThreshold": 100, "CannyHighThreshold": 200},
-}
 
 
 def _reject_constant(name: str) -> Any:
@@ -290,7 +285,12 @@ class PicpikService:
             p.code: {
                 "ModelCode": p.code,
                 "InferenceParams": {"Resolution": DEFAULT_PREPROCESSOR_RESOLUTION}
-                | {name: value for name, value in PREPROCESSOR_DEFAULTS.get(p.code, {}).items()},
+                # Its PICPIK parameters, with the engine's defaults.
+                | {
+                    name: p.defaults[option]
+                    for name, option in PREPROCESSOR_OPTIONS.items()
+                    if option in p.defaults
+                },
             }
             for p in self.engine.list_preprocessors()
             if p.available
