@@ -13,6 +13,7 @@ import base64
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -66,6 +67,18 @@ def b64(image: Image.Image) -> str:
 
 def generators(seed: int, count: int = 1) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(count)]
+
+
+def direct(pipe: Any, seed: int, count: int = 1, **call: Any) -> list[Image.Image]:
+    """The direct diffusers call at the requests' Steps and PICPIK's default CFGScale; image i
+    from seed + i, as the server draws a batch."""
+    return pipe(
+        num_inference_steps=STEPS,
+        guidance_scale=CFG,
+        num_images_per_prompt=count,
+        generator=generators(seed, count),
+        **call,
+    ).images
 
 
 @pytest.fixture(scope="module")
@@ -172,16 +185,15 @@ def test_apply_reference_style_is_img2img_with_the_ip_adapter(
         ImageList=[b64(raw), b64(style)],
     )
     pipe = with_ip_adapter(models_dir, StableDiffusionImg2ImgPipeline, 0.7)
-    want = pipe(
+    want = direct(
+        pipe,
+        11,
+        2,
         prompt="an apple",
         image=raw,
         strength=0.75,  # docs/picpik.md: the raw image is redrawn at 0.75
         ip_adapter_image=style,
-        num_inference_steps=STEPS,
-        guidance_scale=CFG,
-        num_images_per_prompt=2,
-        generator=generators(11, 2),
-    ).images
+    )
     assert_same(got, want)
 
 
@@ -215,17 +227,16 @@ def test_modify_masked_pixels_is_diffusers_inpainting_blended_through_the_blurre
     )
     blurred = square_mask().filter(ImageFilter.GaussianBlur(4))
     pipe = StableDiffusionInpaintPipeline(**base.components)
-    generated = pipe(
+    generated = direct(
+        pipe,
+        5,
         prompt="a window",
         image=raw,
         mask_image=blurred,
         strength=0.75,  # ReferStrength 1
         width=64,
         height=64,
-        num_inference_steps=STEPS,
-        guidance_scale=CFG,
-        generator=generators(5),
-    ).images[0]
+    )[0]
     want = composite(generated, raw, blurred)
     assert np.array_equal(got[0], want)
     # Outside the blurred mask the raw pixels stay, bit for bit; inside they were redrawn.
@@ -322,17 +333,16 @@ def test_generate_backgrounds_is_diffusers_inpainting_under_the_foreground(
     alpha = np.asarray(front.getchannel("A"))
     mask = Image.fromarray(np.where(alpha < 255, 255, 0).astype(np.uint8))
     pipe = StableDiffusionInpaintPipeline(**base.components)
-    generated = pipe(
+    generated = direct(
+        pipe,
+        21,
         prompt="a beach",
         image=Image.fromarray(alpha_over(front, under)),
         mask_image=mask,
         strength=0.6 if with_reference else 1.0,
         width=64,
         height=64,
-        num_inference_steps=STEPS,
-        guidance_scale=CFG,
-        generator=generators(21),
-    ).images[0]
+    )[0]
     want = alpha_over(front, generated)
     assert np.array_equal(got[0], want)
     opaque = alpha == 255
@@ -397,15 +407,14 @@ def test_an_ip_adapter_control_unit_is_a_style_reference(
         ImageAndMaskList=[b64(style)],
     )
     pipe = with_ip_adapter(models_dir, StableDiffusionPipeline, 0.8)
-    want = pipe(
+    want = direct(
+        pipe,
+        2,
         prompt="a vase",
         ip_adapter_image=style,
         width=64,
         height=64,
-        num_inference_steps=STEPS,
-        guidance_scale=CFG,
-        generator=generators(2),
-    ).images
+    )
     assert_same(got, want)
 
 
@@ -464,7 +473,9 @@ def test_a_canny_control_unit_is_diffusers_controlnet_on_controlnet_auxs_map(
         local_files_only=True,
     )
     pipe = StableDiffusionControlNetPipeline(**base.components, controlnet=controlnet)
-    want = pipe(
+    want = direct(
+        pipe,
+        8,
         prompt="a bridge",
         image=edges,
         controlnet_conditioning_scale=0.7,
@@ -472,10 +483,7 @@ def test_a_canny_control_unit_is_diffusers_controlnet_on_controlnet_auxs_map(
         control_guidance_end=0.8,
         width=64,
         height=64,
-        num_inference_steps=STEPS,
-        guidance_scale=CFG,
-        generator=generators(8),
-    ).images
+    )
     assert_same(got, want)
 
 
@@ -554,23 +562,21 @@ def test_a_lora_and_an_embedding_token_match_diffusers_and_leave_the_model_clean
     pipe.load_lora_weights(str(models_dir / "loras" / "paper-cut.safetensors"), adapter_name="a")
     pipe.set_adapters(["a"], [0.6])
     pipe.load_textual_inversion(str(models_dir / "embeddings" / "shiny.safetensors"), token="shiny")
-    want = pipe(
+    want = direct(
+        pipe,
+        17,
         prompt="a fox, shiny",
         width=64,
         height=64,
-        num_inference_steps=STEPS,
-        guidance_scale=CFG,
-        generator=generators(17),
-    ).images
+    )
     assert_same(got, want)
-    plain = base(
+    plain = direct(
+        base,
+        17,
         prompt="a fox",
         width=64,
         height=64,
-        num_inference_steps=STEPS,
-        guidance_scale=CFG,
-        generator=generators(17),
-    ).images
+    )
     assert_same(before, plain)
     assert_same(after, plain)  # the next task saw the clean model
 
@@ -605,25 +611,23 @@ def test_tileable_is_diffusers_with_circular_padding_and_does_not_leak(
     got = run(client, "GenerateImages", Tileable=True, **request)
     after = run(client, "GenerateImages", **request)
     pipe = load_reference(models_dir)
-    plain = pipe(
+    plain = direct(
+        pipe,
+        23,
         prompt="x",
         width=64,
         height=64,
-        num_inference_steps=STEPS,
-        guidance_scale=CFG,
-        generator=generators(23),
-    ).images
+    )
     for module in [*pipe.unet.modules(), *pipe.vae.modules()]:
         if isinstance(module, torch.nn.Conv2d):
             module.padding_mode = "circular"
-    tiled = pipe(
+    tiled = direct(
+        pipe,
+        23,
         prompt="x",
         width=64,
         height=64,
-        num_inference_steps=STEPS,
-        guidance_scale=CFG,
-        generator=generators(23),
-    ).images
+    )
     assert_same(got, tiled)
     assert_same(after, plain)
     assert not np.array_equal(np.asarray(tiled[0]), np.asarray(plain[0]))
