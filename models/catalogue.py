@@ -63,6 +63,9 @@ class ModelSpec:
     description: str = ""
     is_demo: bool = False
     inpainting_model: str | None = None  # code of this checkpoint's inpainting variant
+    # Ids the hosted APIs' clients send for this model (Runware AIR ids such as
+    # "civitai:36520@76907", legacy numeric ids...), bound by the manifest's `ids`.
+    public_ids: tuple[str, ...] = ()
 
 
 # Names of a checkpoint's inpainting variant: `<code><suffix>`.
@@ -102,11 +105,19 @@ class Catalogue:
         default_checkpoint: str | None = None,
     ) -> None:
         self._specs: dict[tuple[ModelKind, str], ModelSpec] = {}
+        self._public_ids: dict[tuple[ModelKind, str], ModelSpec] = {}
         for spec in specs:
             key = (spec.kind, spec.code)
             if key in self._specs:
                 raise ValueError(f"two {spec.kind.value} models share the code {spec.code!r}")
             self._specs[key] = spec
+            for public_id in spec.public_ids:
+                other = self._public_ids.setdefault((spec.kind, public_id), spec)
+                if other is not spec:
+                    raise ValueError(
+                        f"the id {public_id!r} is given to two {spec.kind.value} models: "
+                        f"{other.code!r} and {spec.code!r}"
+                    )
         checkpoints = self.by_kind(ModelKind.CHECKPOINT)
         real = [s for s in checkpoints if not s.is_demo]
         if default_checkpoint is None and checkpoints:
@@ -156,7 +167,8 @@ class Catalogue:
         return None
 
     def resolve(self, identifier: str | None, kind: ModelKind = ModelKind.CHECKPOINT) -> ModelSpec:
-        """A model code, a display name or an alias; None or "" means the default checkpoint."""
+        """A model code, an alias, a public id (manifest `ids`) or a display name, in that order;
+        None or "" means the default checkpoint."""
         if not identifier:
             if kind is ModelKind.CHECKPOINT and self.default_checkpoint is not None:
                 return self._specs[(kind, self.default_checkpoint)]
@@ -164,6 +176,8 @@ class Catalogue:
         spec = self._specs.get((kind, identifier))
         if spec is None and kind is ModelKind.CHECKPOINT and identifier in self.aliases:
             spec = self._specs[(kind, self.aliases[identifier])]
+        if spec is None:
+            spec = self._public_ids.get((kind, identifier))
         if spec is None:
             spec = next((s for s in self.by_kind(kind) if s.name == identifier), None)
         if spec is None:

@@ -63,6 +63,7 @@ class ManifestEntry:
     inpainting_model: str | None = None
     config_dir: Path | None = None
     trigger_words: tuple[str, ...] | None = None
+    public_ids: tuple[str, ...] | None = None
     description: str | None = None
     defaults: InferenceDefaults | None = None
 
@@ -113,6 +114,7 @@ ENTRY_FIELDS: dict[str, Check] = {
     "inpainting_model": (_is_str, "the code of an installed inpainting checkpoint"),
     "config": (_is_str, "a folder path relative to the models directory"),
     "trigger_words": (_is_str_list, "a list of strings"),
+    "ids": (_is_str_list, "a list of strings"),
     "description": (lambda v: isinstance(v, str), "a string"),
     "defaults": (lambda v: isinstance(v, dict), "a table"),
 }
@@ -213,6 +215,7 @@ def _entry(key: str, table: object, models_dir: Path, source: Path) -> ManifestE
         inpainting_model=table.get("inpainting_model"),
         config_dir=config_dir,
         trigger_words=tuple(words) if words is not None else None,
+        public_ids=tuple(table["ids"]) if "ids" in table else None,
         description=table.get("description"),
         defaults=defaults,
     )
@@ -268,6 +271,7 @@ def _apply_entry(spec: ModelSpec, entry: ManifestEntry | None) -> ModelSpec:
             ("inpainting_model", entry.inpainting_model),
             ("config_dir", entry.config_dir),
             ("trigger_words", entry.trigger_words),
+            ("public_ids", entry.public_ids),
             ("description", entry.description),
             ("defaults", entry.defaults),
         )

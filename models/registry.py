@@ -7,7 +7,7 @@ from pathlib import Path
 
 from models.catalogue import Catalogue
 from models.demo import demo_spec, ensure_demo_model
-from models.manifest import apply_manifest, load_manifest
+from models.manifest import MANIFEST_NAME, ManifestError, apply_manifest, load_manifest
 from models.scan import SkippedFile, scan_models_dir
 
 
@@ -34,5 +34,8 @@ def build_catalogue(
         aliases, default = {}, None
     if demo_root is not None:
         specs.append(demo_spec(ensure_demo_model(demo_root)))
-    catalogue = Catalogue(specs, aliases=aliases, default_checkpoint=default)
+    try:
+        catalogue = Catalogue(specs, aliases=aliases, default_checkpoint=default)
+    except ValueError as error:  # two models given one public id
+        raise ManifestError(f"{models_dir / MANIFEST_NAME}: {error}") from None
     return CatalogueReport(catalogue, list(skipped))

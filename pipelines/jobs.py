@@ -82,6 +82,31 @@ class StyleReference:
     adapter: str | None = None  # a catalogue code of kind "ip_adapter"; None = the one that fits
 
 
+class PromptWeighting(StrEnum):
+    """How weights written into a prompt are read (Runware's promptWeighting)."""
+
+    COMPEL = "compel"  # compel's syntax: word+, (words)1.3, word--, .blend(), .and()
+    SDEMBEDS = "sdembeds"  # A1111's syntax: (word:1.3), (word), [word]; long prompts chunked
+
+
+@dataclass(frozen=True, kw_only=True)
+class Refiner:
+    """An SDXL refiner that takes over the denoising for the last steps."""
+
+    model: str  # a checkpoint code (an SDXL refiner, or any SDXL checkpoint)
+    start: float  # fraction of the steps (0 < start < 1) at which the refiner takes over
+
+
+@dataclass(frozen=True, kw_only=True)
+class Padding:
+    """Pixels added on each side of an image (outpainting)."""
+
+    top: int = 0
+    right: int = 0
+    bottom: int = 0
+    left: int = 0
+
+
 @dataclass(frozen=True, kw_only=True)
 class GenerationJob:
     """One request's worth of images: len(seeds) images, image i from seeds[i]."""
@@ -116,12 +141,51 @@ class GenerationJob:
     sub_models: tuple[SubModel, ...] = ()
     tileable: bool = False
     use_model_vae: bool = True
+    vae: str | None = None  # a catalogue code of kind "vae" to decode with; wins over use_model_vae
+    refiner: Refiner | None = None  # SDXL txt2img / img2img only
+    prompt_weighting: PromptWeighting | None = None  # None: the prompt is plain text
+    # inpaint: redraw only the mask's bounding box grown by this many pixels, zoomed to
+    # width x height and pasted back (A1111's "inpaint only masked"); None = the whole canvas.
+    mask_margin: int | None = None
+    # inpaint: the raw image is scaled to (width - left - right) x (height - top - bottom) and
+    # placed at (left, top); the border around it is outpainted (added to the mask). None = the
+    # centred fit described at `mask`.
+    outpaint: Padding | None = None
     owner: str = ""  # who submitted it (API key id): fairness and quotas key on it
     priority: int = 0  # higher runs first
 
     @property
     def num_images(self) -> int:
         return len(self.seeds)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreprocessJob:
+    """Make one ControlNet control map from an image (a standalone utility task)."""
+
+    image: Image = field(repr=False)
+    preprocessor: str  # a code of pipelines.preprocessors
+    options: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    resolution: int = 512  # the preprocessor's working resolution
+    width: int | None = None  # the map's size; None: the input image's
+    height: int | None = None
+    owner: str = ""
+    priority: int = 0
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return (0,)  # seeded preprocessors (shuffle) draw from seed 0: the same map every time
+
+    @property
+    def num_images(self) -> int:
+        return 1
+
+    @property
+    def steps(self) -> int:
+        return 1
+
+
+Job = GenerationJob | PreprocessJob
 
 
 class JobState(StrEnum):
@@ -198,3 +262,4 @@ class ModelInfo:
     default_guidance_scale: float | None = None
     default_sampler: str | None = None
     default_clip_skip: int | None = None
+    public_ids: tuple[str, ...] = ()  # ids the manifest binds to it (Runware AIR ids...)

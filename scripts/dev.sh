@@ -22,6 +22,10 @@ mkdir -p "$venv_root"
     "$venv/bin/pip" install -q --upgrade pip setuptools wheel
     "$python" scripts/venv_key.py --requirements > "$venv/requirements.txt"
     "$venv/bin/pip" install -q -r "$venv/requirements.txt"
+    # Client SDKs for the end-to-end tests, one folder each (they share a package name).
+    "$python" scripts/venv_key.py --client-sdks | while read -r name spec; do
+      "$venv/bin/pip" install -q --target "$venv/sdks/$name" "$spec"
+    done
     touch "$venv/.complete"
   fi
   # The project itself is installed editable on every run: cheap, and it follows this checkout.

@@ -1,4 +1,5 @@
-"""Decoding client images (base64 or data URIs) with limits, before any job is queued."""
+"""Decoding client images (base64, data URIs or fetched bytes) with limits, before any job is
+queued."""
 
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ def decode_base64_image(
         raw = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ImageDecodeError("is not valid base64") from None
+    return decode_image_bytes(raw, max_pixels=max_pixels)
+
+
+def decode_image_bytes(raw: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A fully loaded PIL image from a file's bytes; ImageDecodeError otherwise."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -8,6 +8,7 @@ With no keys file the store is empty and the server runs open (loopback only, un
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
@@ -34,6 +35,17 @@ class KeyStore:
             if hmac.compare_digest(known.encode(), public_key.encode()):
                 found = private
         return found
+
+    def runware_owner(self, api_key: str) -> str | None:
+        """The owner id of a Runware API key (never the key itself), or None if unknown;
+        compares in constant time over all keys."""
+        found = False
+        for known in self.runware:
+            if hmac.compare_digest(known.encode(), api_key.encode()):
+                found = True
+        if not found:
+            return None
+        return "runware:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
     @classmethod
     def load(cls, path: Path | None) -> KeyStore:

@@ -1,7 +1,9 @@
 """Result images as files in the data directory, served back at stable URLs.
 
-Image ids are random UUIDs; a request for anything that is not one is refused before it touches
-the file system, so no id can name a path outside the results folder.
+Image ids are random UUIDs (Runware clients see them as imageUUIDs); a request for anything that
+is not one is refused before it touches the file system, so no id can name a path outside the
+results folder. A file's extension records its format (PNG by default; Runware clients may ask
+for JPEG or WEBP), and the URL carries it.
 """
 
 from __future__ import annotations
@@ -9,12 +11,55 @@ from __future__ import annotations
 import io
 import re
 import uuid
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from PIL.Image import Image
 
-_IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
+_IMAGE_ID = re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$")
 RESULTS_ROUTE = "/results"
+
+
+class ImageFormat(StrEnum):
+    """Stored formats; the value is the file extension."""
+
+    PNG = "png"
+    JPEG = "jpg"
+    WEBP = "webp"
+
+
+PIL_FORMATS: dict[ImageFormat, str] = {
+    ImageFormat.PNG: "PNG",
+    ImageFormat.JPEG: "JPEG",
+    ImageFormat.WEBP: "WEBP",
+}
+MEDIA_TYPES: dict[ImageFormat, str] = {
+    ImageFormat.PNG: "image/png",
+    ImageFormat.JPEG: "image/jpeg",
+    ImageFormat.WEBP: "image/webp",
+}
+
+
+@dataclass(frozen=True)
+class Encoding:
+    format: ImageFormat = ImageFormat.PNG
+    quality: int = 95  # JPEG / WEBP only
+
+
+PNG = Encoding()
+
+
+def encode(image: Image, encoding: Encoding = PNG) -> bytes:
+    """The image's file bytes; JPEG has no alpha channel, so it is flattened to RGB first."""
+    buffer = io.BytesIO()
+    if encoding.format is ImageFormat.PNG:
+        image.save(buffer, format="PNG")
+    else:
+        if encoding.format is ImageFormat.JPEG and image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        image.save(buffer, format=PIL_FORMATS[encoding.format], quality=encoding.quality)
+    return buffer.getvalue()
 
 
 class ResultStore:
@@ -22,26 +67,38 @@ class ResultStore:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def save_png(self, image: Image) -> str:
+    def save(self, image: Image, encoding: Encoding = PNG) -> str:
         """Encode and write one image (call off the event loop); its new id."""
-        image_id = uuid.uuid4().hex
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
+        return self.save_bytes(encode(image, encoding), encoding.format)
+
+    def save_png(self, image: Image) -> str:
+        return self.save(image)
+
+    def save_bytes(self, data: bytes, image_format: ImageFormat) -> str:
+        image_id = str(uuid.uuid4())
         tmp = self.root / f".{image_id}.tmp"
-        tmp.write_bytes(buffer.getvalue())
-        tmp.replace(self.root / f"{image_id}.png")
+        tmp.write_bytes(data)
+        tmp.replace(self.root / f"{image_id}.{image_format.value}")
         return image_id
 
     def path(self, image_id: str) -> Path | None:
         if not _IMAGE_ID.match(image_id):
             return None
-        path = self.root / f"{image_id}.png"
-        return path if path.is_file() else None
+        for image_format in ImageFormat:
+            path = self.root / f"{image_id}.{image_format.value}"
+            if path.is_file():
+                return path
+        return None
+
+    def format_of(self, image_id: str) -> ImageFormat | None:
+        path = self.path(image_id)
+        return None if path is None else ImageFormat(path.suffix[1:])
 
     def delete(self, image_id: str) -> None:
         if _IMAGE_ID.match(image_id):
-            (self.root / f"{image_id}.png").unlink(missing_ok=True)
+            for image_format in ImageFormat:
+                (self.root / f"{image_id}.{image_format.value}").unlink(missing_ok=True)
 
 
-def image_url(base_url: str, image_id: str) -> str:
-    return f"{base_url.rstrip('/')}{RESULTS_ROUTE}/{image_id}.png"
+def image_url(base_url: str, image_id: str, image_format: ImageFormat = ImageFormat.PNG) -> str:
+    return f"{base_url.rstrip('/')}{RESULTS_ROUTE}/{image_id}.{image_format.value}"

@@ -11,7 +11,7 @@ import logging
 
 from pipelines.handle import JobHandle
 from pipelines.jobs import ErrorCode, JobError, JobProgress, JobState
-from server.results import ResultStore
+from server.results import PNG, Encoding, ResultStore
 from server.taskstore import TaskStore
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,11 @@ class TaskTracker:
         self.results = results
         self._followers: set[asyncio.Task[None]] = set()
 
-    def follow(self, task_id: str, handle: JobHandle) -> None:
+    def follow(
+        self, task_id: str, handle: JobHandle, encoding: Encoding = PNG
+    ) -> asyncio.Task[None]:
+        """Keep the task's record in step with the job; the returned task ends once the record
+        is final (images written, or the error stored)."""
         started, stored = False, 0.0
 
         def on_progress(progress: JobProgress) -> None:
@@ -41,11 +45,12 @@ class TaskTracker:
                 log.debug("task %s at %.0f%%", task_id, 100 * progress.fraction)
 
         handle.subscribe(on_progress)
-        follower = asyncio.get_running_loop().create_task(self._settle(task_id, handle))
+        follower = asyncio.get_running_loop().create_task(self._settle(task_id, handle, encoding))
         self._followers.add(follower)
         follower.add_done_callback(self._followers.discard)
+        return follower
 
-    async def _settle(self, task_id: str, handle: JobHandle) -> None:
+    async def _settle(self, task_id: str, handle: JobHandle, encoding: Encoding) -> None:
         try:
             result = await handle.result()
         except JobError as error:
@@ -54,7 +59,7 @@ class TaskTracker:
             return
         try:
             image_ids = await asyncio.to_thread(
-                lambda: [self.results.save_png(image) for image in result.images]
+                lambda: [self.results.save(image, encoding) for image in result.images]
             )
         except OSError as error:
             log.exception("task %s: cannot write its images", task_id)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, TypeVar
 
-from PIL.Image import Image
 from pydantic import BaseModel, ValidationError
 
 from pipelines.jobs import GenerationJob
 from server.picpik.errors import PicpikError, RetCode
+from server.summary import job_summary
 
 PROTOCOL = "picpik"
 W = TypeVar("W", bound=BaseModel)
+__all__ = ["job_summary"]  # re-exported: the PICPIK modules import it from here
 
 # PICPIK's documented defaults for the main model's InferenceParams.
 DEFAULT_STEPS = 10
@@ -65,22 +64,3 @@ def parse(model: type[W], body: dict[str, Any]) -> W:
         raise PicpikError(
             RetCode.INVALID_PARAMETER, f"invalid {_loc(first['loc']) or 'request'}: {first['msg']}"
         ) from None
-
-
-def job_summary(job: GenerationJob) -> dict[str, Any]:
-    """What the task record keeps of a job: every setting, no image data (JSON-ready)."""
-    return _plain(job)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Image):
-        return f"<image {value.width}x{value.height}>"
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value

@@ -41,8 +41,12 @@ class TaskRecord:
     params: dict[str, Any] = field(default_factory=dict)  # what was asked, for the record
 
 
+class TaskExists(ValueError):
+    """create() was given a task id the store already holds."""
+
+
 class TaskStore(Protocol):
-    def create(self, record: TaskRecord) -> None: ...
+    def create(self, record: TaskRecord) -> None: ...  # TaskExists for a known task id
 
     def get(self, task_id: str) -> TaskRecord | None: ...
 

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from server.taskstore.base import TaskRecord, TaskStatus
+from server.taskstore.base import TaskExists, TaskRecord, TaskStatus
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -74,10 +74,13 @@ class SqliteTaskStore:
             "status": record.status.value,
         }
         placeholders = ", ".join("?" for _ in _COLUMNS)
-        self._execute(
-            f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
-            tuple(values[name] for name in _COLUMNS),
-        )
+        try:
+            self._execute(
+                f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
+                tuple(values[name] for name in _COLUMNS),
+            )
+        except sqlite3.IntegrityError:
+            raise TaskExists(f"task {record.task_id!r} exists already") from None
 
     def get(self, task_id: str) -> TaskRecord | None:
         found = self._query("SELECT * FROM tasks WHERE task_id = ?", (task_id,))

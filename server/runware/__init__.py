@@ -1,0 +1,1 @@
+"""The Runware API (current task arrays and the legacy picfinder protocol), WebSocket and REST."""

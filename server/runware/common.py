@@ -1,0 +1,49 @@
+"""What the Runware modules share: the caller, result items, the preprocessor vocabulary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+PROTOCOL = "runware"
+
+
+@dataclass(frozen=True)
+class Caller:
+    owner: str  # the API key's owner id; "" when the server runs open
+    base_url: str  # where result URLs point
+
+
+@dataclass
+class Reply:
+    """What one task produced: data items, or error items (both carry its taskUUID)."""
+
+    data: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+
+
+# Runware's preProcessorType names -> easel's preprocessor codes (A1111's). The engine's own
+# codes are accepted too (the legacy protocol sends A1111 names such as depth_midas).
+PREPROCESSORS: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "canny": "canny",
+        "depth": "depth_midas",
+        "mlsd": "mlsd",
+        "normalbae": "normal_bae",
+        "openpose": "openpose",
+        "lineart": "lineart",
+        "lineart_anime": "lineart_anime",
+        "lineart-anime": "lineart_anime",
+        "shuffle": "shuffle",
+        "scribble": "scribble_hed",
+        "softedge": "softedge_hed",
+    }
+)
+# Runware types easel has no preprocessor for, and why.
+UNSUPPORTED_PREPROCESSORS: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "tile": "the tile preprocessor is not available in easel yet",
+        "seg": "segmentation preprocessors (OneFormer / UniFormer) are not available in easel yet",
+    }
+)
+OPENPOSE_WITH_HANDS_AND_FACE = "openpose_full"

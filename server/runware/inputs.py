@@ -1,0 +1,77 @@
+"""Image inputs: an imageUUID (of an upload or an earlier result), a URL, a data URI or base64.
+
+Everything is fetched and decoded before a job is queued, so a bad image fails its own task at
+once with the field that holds it. URLs go through server.outbound (http(s) only, no private
+addresses unless the operator allows them, bounded size and time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from PIL import Image
+
+from server.images import ImageDecodeError, decode_base64_image, decode_image_bytes
+from server.outbound import Outbound, OutboundError
+from server.results import ResultStore
+from server.runware.errors import Code, RunwareError
+
+_UUID = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+)
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+class ImageInputs:
+    """Turns one image field's value into a loaded PIL image, or a RunwareError for that field."""
+
+    def __init__(self, results: ResultStore, outbound: Outbound) -> None:
+        self.results = results
+        self.outbound = outbound
+
+    @staticmethod
+    def uuid_of(value: str) -> str | None:
+        """The imageUUID a value names, if it is one."""
+        value = value.strip()
+        return value.lower() if _UUID.match(value) else None
+
+    async def load(self, value: str, parameter: str) -> Image.Image:
+        value = value.strip()
+        image_id = self.uuid_of(value)
+        if image_id is not None:
+            return await asyncio.to_thread(self._stored, image_id, parameter)
+        if _URL.match(value):
+            try:
+                data = await self.outbound.fetch(value)
+            except OutboundError as error:
+                raise RunwareError(Code.INVALID_IMAGE, f"{parameter} {error}", parameter) from None
+            return await asyncio.to_thread(_decode_bytes, data, parameter)
+        try:
+            return await asyncio.to_thread(decode_base64_image, value)
+        except ImageDecodeError as error:
+            raise RunwareError(
+                Code.INVALID_IMAGE,
+                f"{parameter} {error} (send an imageUUID, an http(s) URL, a data URI or base64)",
+                parameter,
+            ) from None
+
+    def _stored(self, image_id: str, parameter: str) -> Image.Image:
+        path = self.results.path(image_id)
+        if path is None:
+            raise RunwareError(
+                Code.INVALID_IMAGE,
+                f"{parameter}: no image with imageUUID {image_id} (uploads and results are kept "
+                "for a limited time)",
+                parameter,
+            )
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+
+
+def _decode_bytes(data: bytes, parameter: str) -> Image.Image:
+    try:
+        return decode_image_bytes(data)
+    except ImageDecodeError as error:
+        raise RunwareError(Code.INVALID_IMAGE, f"{parameter} {error}", parameter) from None

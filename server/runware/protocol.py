@@ -1,0 +1,183 @@
+"""Runware wire models: the task objects clients send, with Runware's exact field names.
+
+SDKs send unset optional fields as explicit null, so every optional field treats null as absent.
+Unknown fields are ignored (SDK versions add fields easel has no use for, such as
+`includeCost`-era extras); anything easel cannot honour is refused by name elsewhere.
+Ranges follow Runware's documentation except where easel allows more (small sizes, for tests
+and tiny models).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from server.runware.errors import Code, RunwareError
+
+W = TypeVar("W", bound=BaseModel)
+
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 64
+MAX_RESULTS = 20
+MAX_STEPS = 100
+MAX_SEED = 2**63 - 1
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+OutputType = Literal["URL", "base64Data", "dataURI"]
+OutputFormat = Annotated[Literal["JPG", "JPEG", "PNG", "WEBP"], BeforeValidator(_upper)]
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class Task(Wire):
+    """What every task object has."""
+
+    taskType: str
+    taskUUID: str = Field(min_length=1, max_length=128)
+
+
+class OutputOptions(Wire):
+    outputType: Annotated[list[OutputType], BeforeValidator(_as_list)] | None = None
+    outputFormat: OutputFormat | None = None
+    outputQuality: Annotated[int, Field(ge=20, le=99)] | None = None
+    includeCost: bool | None = None
+
+
+class LoraItem(Wire):
+    model: str = Field(min_length=1)
+    weight: Annotated[float, Field(ge=-4.0, le=4.0)] = 1.0
+
+
+class EmbeddingItem(Wire):
+    model: str = Field(min_length=1)
+    weight: Annotated[float, Field(ge=-4.0, le=4.0)] = 1.0
+
+
+class ControlNetItem(Wire):
+    model: str = Field(min_length=1)
+    guideImage: str = Field(min_length=1)
+    weight: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    startStep: Annotated[int, Field(ge=0)] | None = None
+    endStep: Annotated[int, Field(ge=0)] | None = None
+    startStepPercentage: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
+    endStepPercentage: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
+    controlMode: Annotated[Literal["balanced", "prompt", "controlnet"], BeforeValidator(_lower)] = (
+        "balanced"
+    )
+
+
+class IpAdapterItem(Wire):
+    model: str = Field(min_length=1)
+    guideImage: str = Field(min_length=1)
+    weight: Fraction = 1.0
+
+
+class RefinerItem(Wire):
+    model: str = Field(min_length=1)
+    startStep: Annotated[int, Field(ge=1)] | None = None
+    startStepPercentage: Annotated[float, Field(gt=0.0, lt=100.0)] | None = None
+
+
+class OutpaintItem(Wire):
+    top: Annotated[int, Field(ge=0)] = 0
+    right: Annotated[int, Field(ge=0)] = 0
+    bottom: Annotated[int, Field(ge=0)] = 0
+    left: Annotated[int, Field(ge=0)] = 0
+    blur: Annotated[int, Field(ge=0, le=32)] = 0
+
+
+class ImageInference(Task, OutputOptions):
+    positivePrompt: str = Field(min_length=1, max_length=3000)
+    negativePrompt: Annotated[str, Field(max_length=3000)] | None = None
+    model: str = Field(min_length=1)
+    width: Side | None = None  # None: the seed image's size, else 512
+    height: Side | None = None
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
+    CFGScale: Annotated[float, Field(ge=0.0, le=50.0)] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    numberResults: Annotated[int, Field(ge=1, le=MAX_RESULTS)] = 1
+    scheduler: str | None = None
+    clipSkip: Annotated[int, Field(ge=0, le=2)] | None = None
+    seedImage: str | None = None
+    strength: Fraction | None = None
+    maskImage: str | None = None
+    maskMargin: Annotated[int, Field(ge=32, le=128)] | None = None
+    outpaint: OutpaintItem | None = None
+    lora: list[LoraItem] | None = None
+    embeddings: list[EmbeddingItem] | None = None
+    controlNet: Annotated[list[ControlNetItem], Field(max_length=3)] | None = None
+    ipAdapters: Annotated[list[IpAdapterItem], Field(max_length=1)] | None = None
+    vae: str | None = None
+    refiner: RefinerItem | None = None
+    promptWeighting: Annotated[Literal["compel", "sdembeds"], BeforeValidator(_lower)] | None = None
+    checkNSFW: bool | None = None
+    uploadEndpoint: str | None = None
+    deliveryMethod: Annotated[Literal["sync", "async"], BeforeValidator(_lower)] | None = None
+    webhookURL: str | None = None
+    ttl: Annotated[int, Field(ge=60)] | None = None
+
+
+class ImageUpload(Task):
+    image: str = Field(min_length=1)
+
+
+class GetResponse(Task):
+    pass
+
+
+class ControlNetPreProcess(Task, OutputOptions):
+    inputImage: str = Field(min_length=1)
+    preProcessorType: Annotated[str, BeforeValidator(_lower)]
+    width: Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)] | None = None
+    height: Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)] | None = None
+    lowThresholdCanny: Annotated[int, Field(ge=0, le=255)] | None = None
+    highThresholdCanny: Annotated[int, Field(ge=0, le=255)] | None = None
+    includeHandsAndFaceOpenPose: bool | None = None
+
+
+class ModelSearch(Task):
+    search: str | None = None
+    tags: list[str] | None = None
+    category: str | None = None
+    type: str | None = None
+    architecture: str | None = None
+    visibility: str | None = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    offset: Annotated[int, Field(ge=0)] = 0
+
+
+def _location(parts: tuple[Any, ...]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse(model: type[W], task: dict[str, Any]) -> W:
+    """The task as its wire model; RunwareError naming the first bad field otherwise."""
+    try:
+        return model.model_validate(task)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = _location(first["loc"]) or None
+        if first["type"] == "missing":
+            raise RunwareError(Code.MISSING_PARAMETER, f"missing {where}", where) from None
+        raise RunwareError(
+            Code.INVALID_PARAMETER, f"invalid {where or 'task'}: {first['msg']}", where
+        ) from None
