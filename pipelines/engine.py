@@ -21,13 +21,16 @@ from pipelines.handle import JobHandle
 from pipelines.jobs import (
     ErrorCode,
     GenerationJob,
+    Job,
     JobError,
     JobKind,
     ModelInfo,
+    PreprocessJob,
     PreprocessorInfo,
 )
 from pipelines.preprocessors import list_preprocessors
 from pipelines.queue import JobQueue, QueueFull
+from pipelines.runners import preprocess as preprocess_runner
 from pipelines.samplers import is_known_sampler
 from pipelines.worker import DeviceWorker, default_dtype, detect_devices
 
@@ -58,6 +61,7 @@ def model_info(spec: ModelSpec) -> ModelInfo:
         default_guidance_scale=d.guidance_scale,
         default_sampler=d.sampler,
         default_clip_skip=d.clip_skip,
+        public_ids=spec.public_ids,
     )
 
 
@@ -127,17 +131,14 @@ class Engine:
 
     # --- jobs ---
 
-    def submit(self, job: GenerationJob, *, job_id: str) -> JobHandle:
+    def submit(self, job: Job, *, job_id: str) -> JobHandle:
         """Queue a job; JobError at once if it cannot run (unknown model, busy, ...)."""
         if self._loop is None:
             raise RuntimeError("the engine is not started")
-        self.resolve_model(job.model)
-        if job.sampler is not None and not is_known_sampler(job.sampler):
-            raise JobError(ErrorCode.INVALID_INPUT, f"unknown sampler {job.sampler!r}")
-        if job.kind is JobKind.IMG2IMG and job.init_image is None:
-            raise JobError(ErrorCode.INVALID_INPUT, "image to image needs an init image")
-        if not job.seeds:
-            raise JobError(ErrorCode.INVALID_INPUT, "a job needs at least one seed")
+        if isinstance(job, PreprocessJob):
+            preprocess_runner.validate(job, self.config.models_dir)
+        else:
+            self._validate_generation(job)
         handle = JobHandle(job_id, job, self._loop, self._cancel)
         try:
             self._queue.put(job_id, handle, priority=job.priority)
@@ -146,6 +147,19 @@ class Engine:
         self._handles[job_id] = handle
         self._loop.create_task(self._forget_when_done(handle))
         return handle
+
+    def _validate_generation(self, job: GenerationJob) -> None:
+        self.resolve_model(job.model)
+        if job.sampler is not None and not is_known_sampler(job.sampler):
+            raise JobError(ErrorCode.INVALID_INPUT, f"unknown sampler {job.sampler!r}")
+        if job.kind is JobKind.IMG2IMG and job.init_image is None:
+            raise JobError(ErrorCode.INVALID_INPUT, "image to image needs an init image")
+        if not job.seeds:
+            raise JobError(ErrorCode.INVALID_INPUT, "a job needs at least one seed")
+        if job.vae:
+            self.resolve_model(job.vae, ModelKind.VAE.value)
+        if job.refiner is not None:
+            self.resolve_model(job.refiner.model)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False if the engine does not hold it."""

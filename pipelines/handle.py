@@ -11,7 +11,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 
-from pipelines.jobs import ErrorCode, GenerationJob, JobError, JobProgress, JobResult, JobState
+from pipelines.jobs import ErrorCode, Job, JobError, JobProgress, JobResult, JobState
 
 ProgressListener = Callable[[JobProgress], None]
 
@@ -22,7 +22,7 @@ class JobHandle:
     def __init__(
         self,
         job_id: str,
-        job: GenerationJob,
+        job: Job,
         loop: asyncio.AbstractEventLoop,
         on_cancel: Callable[[JobHandle], None],
     ) -> None:

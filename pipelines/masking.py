@@ -8,8 +8,21 @@ Inpaint (ModifyMaskedPixels):
 - The mask (white = redraw, already inverted upstream) is first resized to the raw image's size
   if it differs, then fitted exactly like the raw image, binarised at 50% grey, and finally
   blurred (Gaussian, `mask_blur` px) into a soft mask m in 0..255.
+- Outpaint padding (Runware's `outpaint`: top, right, bottom, left): instead of the centred fit,
+  the raw image is scaled to exactly (width - left - right) x (height - top - bottom) and placed
+  at (left, top); the border around it is edge-extended and redrawn as above. Paddings that are
+  negative or leave no room for the image are refused.
 - The generated image is composited over the canvas, generated * m + canvas * (1 - m) per pixel
   (A1111's overlay): wherever m is 0 the result is the input's pixels, bit for bit.
+- Mask margin (Runware's `maskMargin`, A1111's "inpaint only masked" with its padding): only a
+  region of the canvas is redrawn, zoomed to the job's size so the model spends all its pixels
+  on the masked area. The region is the blurred mask's bounding box grown by the margin on each
+  side (clamped to the canvas), then widened or heightened around its centre to the job's
+  width:height ratio, shifted back inside the canvas where it overflows. The crop (canvas and
+  blurred mask) is resized to the job's size, redrawn, resized back into the region and then
+  composited like a whole-canvas redraw. Resizing is a plain stretch both ways (not A1111's
+  fill / crop fits): the region's ratio is the job's up to a rounding pixel, and a stretch maps
+  every redrawn pixel back onto the place it was drawn for.
 
 Background (GenerateBackgrounds):
 - The foreground must be RGBA with some transparent pixels (not all of them). It is fitted with
@@ -27,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pipelines.jobs import ErrorCode, JobError
+from pipelines.jobs import ErrorCode, JobError, Padding
 
 _RESAMPLE = Image.Resampling.LANCZOS
 MASK_THRESHOLD = 127  # mask values above it (50% grey) are redrawn
@@ -54,13 +67,34 @@ class Placement:
     height: int
 
 
-def place(raw_size: tuple[int, int], width: int, height: int) -> Placement:
-    """The raw image's box on a width x height canvas: fitted inside, never upscaled, centred."""
+def place(
+    raw_size: tuple[int, int], width: int, height: int, outpaint: Padding | None = None
+) -> Placement:
+    """The raw image's box on a width x height canvas: fitted inside, never upscaled, centred;
+    or, with outpaint padding, the area the padding leaves (the raw image is stretched to it).
+    Front ends may call it before queueing to refuse bad paddings by the job's own rule."""
+    if outpaint is not None:
+        return _padded(outpaint, width, height)
     raw_w, raw_h = raw_size
     scale = min(1.0, width / raw_w, height / raw_h)
     w = min(width, max(1, round(raw_w * scale)))
     h = min(height, max(1, round(raw_h * scale)))
     return Placement((width - w) // 2, (height - h) // 2, w, h)
+
+
+def _padded(padding: Padding, width: int, height: int) -> Placement:
+    sides = (padding.top, padding.right, padding.bottom, padding.left)
+    w = width - padding.left - padding.right
+    h = height - padding.top - padding.bottom
+    if min(sides) < 0 or w < 1 or h < 1:
+        top, right, bottom, left = sides
+        raise JobError(
+            ErrorCode.INVALID_INPUT,
+            f"outpaint padding (top {top}, right {right}, bottom {bottom}, left {left}) leaves no "
+            f"room for the image on the {width}x{height} result: paddings must be 0 or more and "
+            "add up to less than the width (left + right) and the height (top + bottom)",
+        )
+    return Placement(padding.left, padding.top, w, h)
 
 
 def _scaled(image: Image.Image, box: Placement) -> Image.Image:
@@ -75,21 +109,27 @@ def _pad_widths(box: Placement, width: int, height: int) -> tuple[tuple[int, int
     )
 
 
-def fit_raw(raw: Image.Image, width: int, height: int) -> tuple[Image.Image, Placement]:
+def fit_raw(
+    raw: Image.Image, width: int, height: int, outpaint: Padding | None = None
+) -> tuple[Image.Image, Placement]:
     """The raw image (RGB) on the canvas; an uncovered border repeats its outermost pixels."""
-    box = place(raw.size, width, height)
+    box = place(raw.size, width, height, outpaint)
     pixels = np.asarray(_scaled(raw.convert("RGB"), box))
     padded = np.pad(pixels, (*_pad_widths(box, width, height), (0, 0)), mode="edge")
     return Image.fromarray(padded, "RGB"), box
 
 
 def fit_mask(
-    mask: Image.Image | None, raw_size: tuple[int, int], width: int, height: int
+    mask: Image.Image | None,
+    raw_size: tuple[int, int],
+    width: int,
+    height: int,
+    outpaint: Padding | None = None,
 ) -> Image.Image:
     """The mask fitted like its raw image, binarised (0/255); the outpainted border is 255.
 
     None means "redraw nothing of the raw image" (only an outpainted border, if any)."""
-    box = place(raw_size, width, height)
+    box = place(raw_size, width, height, outpaint)
     if mask is None:
         inner = np.zeros((box.height, box.width), np.uint8)
     else:
@@ -107,11 +147,85 @@ def blur_mask(mask: Image.Image, radius: int) -> Image.Image:
 
 
 def inpaint_canvas(
-    raw: Image.Image, mask: Image.Image | None, width: int, height: int, blur: int
+    raw: Image.Image,
+    mask: Image.Image | None,
+    width: int,
+    height: int,
+    blur: int,
+    outpaint: Padding | None = None,
 ) -> InpaintCanvas:
-    image, _ = fit_raw(raw, width, height)
-    binary = fit_mask(mask, raw.size, width, height)
+    image, _ = fit_raw(raw, width, height, outpaint)
+    binary = fit_mask(mask, raw.size, width, height, outpaint)
     return InpaintCanvas(image, binary, blur_mask(binary, blur))
+
+
+# --- redrawing a region only (mask margin) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box on the canvas, right and bottom exclusive (PIL's crop box)."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.left, self.top, self.right, self.bottom)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.right - self.left, self.bottom - self.top)
+
+
+def _centred_span(start: int, end: int, length: int, limit: int) -> tuple[int, int]:
+    """[start, end) grown to `length` (at most `limit`) around its centre, then shifted back
+    inside [0, limit) where it overflows."""
+    length = min(length, limit)
+    start -= (length - (end - start)) // 2
+    start = min(max(start, 0), limit - length)
+    return start, start + length
+
+
+def zoom_region(mask: Image.Image, margin: int, width: int, height: int) -> Region | None:
+    """The canvas region a masked redraw with this margin zooms into (None: an empty mask,
+    nothing to redraw). `mask` is the blurred mask, so every pixel the compositing can change
+    lies inside the region; width x height is the size the region is redrawn at."""
+    if margin < 0:
+        raise JobError(
+            ErrorCode.INVALID_INPUT, f"the mask margin must be 0 or more pixels, got {margin}"
+        )
+    bbox = mask.convert("L").getbbox()
+    if bbox is None:
+        return None
+    limit_w, limit_h = mask.size
+    left, top = max(bbox[0] - margin, 0), max(bbox[1] - margin, 0)
+    right, bottom = min(bbox[2] + margin, limit_w), min(bbox[3] + margin, limit_h)
+    w, h = right - left, bottom - top
+    if w * height > h * width:  # wider than the job's ratio: add height
+        h = max(h, round(w * height / width))
+    else:
+        w = max(w, round(h * width / height))
+    left, right = _centred_span(left, right, w, limit_w)
+    top, bottom = _centred_span(top, bottom, h, limit_h)
+    return Region(left, top, right, bottom)
+
+
+def zoom_in(image: Image.Image, region: Region, width: int, height: int) -> Image.Image:
+    """The region of the image, stretched to width x height (pixels as they are when the region
+    already has that size)."""
+    crop = image.crop(region.box)
+    return crop if crop.size == (width, height) else crop.resize((width, height), _RESAMPLE)
+
+
+def zoom_out(image: Image.Image, region: Region, canvas: Image.Image) -> Image.Image:
+    """A copy of the canvas with the (zoomed) image stretched back into the region."""
+    out = canvas.copy()
+    back = image if image.size == region.size else image.resize(region.size, _RESAMPLE)
+    out.paste(back.convert(out.mode), region.box[:2])
+    return out
 
 
 def composite(top: Image.Image, bottom: Image.Image, mask: Image.Image) -> Image.Image:

@@ -7,9 +7,10 @@ import threading
 from pathlib import Path
 
 import torch
+from PIL.Image import Image
 
 from models.cache import PipelineCache
-from models.catalogue import Catalogue, ModelSpec, UnknownModelError
+from models.catalogue import Catalogue, ModelKind, ModelSpec, UnknownModelError
 from models.loader import ModelLoadError
 from pipelines.adapters import adapted
 from pipelines.handle import JobHandle
@@ -21,9 +22,11 @@ from pipelines.jobs import (
     JobProgress,
     JobResult,
     JobState,
+    PreprocessJob,
 )
 from pipelines.queue import JobQueue
 from pipelines.runners import RUNNERS
+from pipelines.runners import preprocess as preprocess_runner
 from pipelines.runners.common import Resources, RunContext, StepReporter
 
 log = logging.getLogger(__name__)
@@ -81,13 +84,10 @@ class DeviceWorker(threading.Thread):
             return
         handle.report(JobProgress(JobState.RUNNING, 0, job.steps))
         try:
-            spec = self._checkpoint(job)
-            pipe = self.cache.get(spec)
-            vae_spec = None if job.use_model_vae else self.catalogue.default_vae(spec.architecture)
-            vae = None if vae_spec is None else self.cache.get_vae(vae_spec, spec.architecture)
-            context = RunContext(self._step_reporter(handle), vae, self.resources)
-            with torch.inference_mode(), adapted(pipe, job, context):
-                images = RUNNERS[job.kind](pipe, job, context)
+            if isinstance(job, PreprocessJob):
+                images = self._preprocess(handle, job)
+            else:
+                images = self._generate(handle, job)
             handle.finish(JobResult(tuple(images), job.seeds))
         except JobError as error:
             handle.fail(error)
@@ -102,12 +102,35 @@ class DeviceWorker(threading.Thread):
             log.exception("job %s failed", handle.job_id)
             handle.fail(JobError(ErrorCode.INTERNAL, f"internal error: {type(error).__name__}"))
 
+    def _generate(self, handle: JobHandle, job: GenerationJob) -> list[Image]:
+        """A generation: its checkpoint loaded (cached), adapted for this job only, run."""
+        spec = self._checkpoint(job)
+        pipe = self.cache.get(spec)
+        vae_spec = self._vae(job, spec)
+        vae = None if vae_spec is None else self.cache.get_vae(vae_spec, spec.architecture)
+        context = RunContext(self._step_reporter(handle), vae, self.resources)
+        with torch.inference_mode(), adapted(pipe, job, context):
+            return RUNNERS[job.kind](pipe, job, context)
+
+    def _preprocess(self, handle: JobHandle, job: PreprocessJob) -> list[Image]:
+        """A standalone control map: no checkpoint, only the annotator (on this device)."""
+        context = RunContext(self._step_reporter(handle), resources=self.resources)
+        with torch.inference_mode():
+            return preprocess_runner.run(job, context)
+
     def _checkpoint(self, job: GenerationJob) -> ModelSpec:
         """The job's checkpoint; for masked redraws, its inpainting variant when installed."""
         spec = self.catalogue.resolve(job.model)
         if job.kind in MASKED_KINDS:
             return self.catalogue.inpainting_variant(spec) or spec
         return spec
+
+    def _vae(self, job: GenerationJob, checkpoint: ModelSpec) -> ModelSpec | None:
+        """The VAE to decode with instead of the checkpoint's own: the job's, or with
+        use_model_vae off the server's default for the architecture; None = the checkpoint's."""
+        if job.vae:
+            return self.catalogue.resolve(job.vae, ModelKind.VAE)
+        return None if job.use_model_vae else self.catalogue.default_vae(checkpoint.architecture)
 
     @staticmethod
     def _step_reporter(handle: JobHandle) -> StepReporter:

@@ -19,9 +19,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pipelines.engine import Engine
 from pipelines.jobs import ErrorCode
 from server.keys import KeyStore
+from server.outbound import Outbound, OutboundPolicy
 from server.picpik.router import picpik_router
 from server.picpik.serving import PicpikService
-from server.results import RESULTS_ROUTE, ResultStore
+from server.results import MEDIA_TYPES, RESULTS_ROUTE, ImageFormat, ResultStore
+from server.runware.router import runware_router
+from server.runware.serving import RunwareService
+from server.runware.sessions import SessionRegistry
 from server.settings import Settings
 from server.taskstore import SqliteTaskStore, TaskStore
 from server.tracking import TaskTracker
@@ -41,6 +45,7 @@ class Services:
     results: ResultStore
     tracker: TaskTracker
     keys: KeyStore
+    outbound: Outbound
 
 
 def sweep_expired(services: Services) -> int:
@@ -57,8 +62,15 @@ def sweep_expired(services: Services) -> int:
 def build_app(settings: Settings, engine: Engine, keys: KeyStore | None = None) -> FastAPI:
     store = SqliteTaskStore(settings.data_dir / "tasks.sqlite3")
     results = ResultStore(settings.data_dir / "results")
+    outbound = Outbound(OutboundPolicy.from_strings(settings.url_allow))
     services = Services(
-        settings, engine, store, results, TaskTracker(store, results), keys or KeyStore()
+        settings,
+        engine,
+        store,
+        results,
+        TaskTracker(store, results),
+        keys or KeyStore(),
+        outbound,
     )
 
     @contextlib.asynccontextmanager
@@ -77,19 +89,25 @@ def build_app(settings: Settings, engine: Engine, keys: KeyStore | None = None) 
             sweeper.cancel()
             await engine.stop()
             await services.tracker.drain()
+            await outbound.aclose()
             store.close()
 
     app = FastAPI(title="easel", version="0.1.0", lifespan=lifespan)
     app.state.services = services
     picpik = PicpikService(engine, store, services.tracker, services.keys, settings.public_url)
     app.include_router(picpik_router(picpik))
+    runware = RunwareService(
+        engine, store, services.tracker, results, services.keys, outbound, settings.public_url
+    )
+    app.include_router(runware_router(runware, SessionRegistry()))
 
-    @app.get(RESULTS_ROUTE + "/{image_id}.png", tags=["results"], response_model=None)
-    async def result_image(image_id: str) -> Response:
+    @app.get(RESULTS_ROUTE + "/{file_name}", tags=["results"], response_model=None)
+    async def result_image(file_name: str) -> Response:
+        image_id, _, extension = file_name.rpartition(".")
         path = results.path(image_id)
-        if path is None:
+        if path is None or path.suffix != f".{extension}":
             return JSONResponse({"error": "image not found"}, status_code=404)
-        return FileResponse(path, media_type="image/png")
+        return FileResponse(path, media_type=MEDIA_TYPES[ImageFormat(extension)])
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -16,11 +16,16 @@ from pathlib import Path
 from pipelines.engine import Engine, EngineConfig
 from pipelines.jobs import ModelInfo
 from server.keys import KeysFileError, KeyStore
+from server.outbound import parse_network
 from server.settings import Settings
 
 log = logging.getLogger("easel")
 
 _TRUE = {"1", "true", "yes", "on"}
+
+
+# Runware clients send images inline (base64 in a frame): allow frames as large as an image input.
+WS_MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -29,6 +34,24 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 def _env_flag(name: str) -> bool:
     return (_env(name) or "").strip().lower() in _TRUE
+
+
+def _url_network(text: str) -> str:
+    try:
+        return str(parse_network(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _url_networks(args: argparse.Namespace) -> tuple[str, ...]:
+    """--allow-url-net values, else EASEL_ALLOW_URL_NETS; ValueError names a malformed one."""
+    if args.allow_url_net is not None:
+        return tuple(args.allow_url_net)
+    nets = [net for net in (_env("ALLOW_URL_NETS") or "").split(",") if net.strip()]
+    try:
+        return tuple(str(parse_network(net)) for net in nets)
+    except ValueError as error:
+        raise ValueError(f"EASEL_ALLOW_URL_NETS: {error}") from None
 
 
 def _add_storage_options(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated torch devices, e.g. cuda:0,cuda:1 (EASEL_DEVICES; "
         "default: every GPU, else the CPU)",
     )
+    serve.add_argument(
+        "--allow-url-net",
+        action="append",
+        type=_url_network,
+        metavar="CIDR",
+        help="a private/loopback network that image URLs, uploadEndpoint and webhookURL may "
+        "reach; repeatable (EASEL_ALLOW_URL_NETS, comma-separated; default: public addresses only)",
+    )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), help="(EASEL_LOG_LEVEL)")
 
     models = commands.add_parser("models", help="list the model catalogue")
@@ -110,6 +141,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         allow_pickle=args.allow_pickle,
         max_queue=args.max_queue,
         devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()),
+        url_allow=_url_networks(args),
     )
 
 
@@ -136,7 +168,11 @@ def serve(args: argparse.Namespace) -> int:
 
     from server.app import build_app
 
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
     try:
         keys = KeyStore.load(settings.keys_file)
     except KeysFileError as error:
@@ -162,7 +198,14 @@ def serve(args: argparse.Namespace) -> int:
     log.info("authentication: %s", "off (open server)" if keys.empty else "API keys required")
     log.info("listening on http://%s:%d", settings.host, settings.port)
     app = build_app(settings, engine, keys)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level.lower())
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level.lower(),
+        ws_max_size=WS_MAX_FRAME_BYTES,
+        ws_ping_interval=None,  # Runware clients ping at the protocol level
+    )
     return 0
 
 

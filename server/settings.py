@@ -20,6 +20,8 @@ class Settings:
     max_queue: int = 64
     retention_hours: float = 24.0  # results and task records are swept after this
     devices: tuple[str, ...] = ()  # empty: every CUDA device, else the CPU
+    # networks (CIDR) that client-given URLs may reach although private/loopback/link-local
+    url_allow: tuple[str, ...] = ()
 
     @property
     def resolved_models_dir(self) -> Path:

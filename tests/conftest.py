@@ -32,8 +32,11 @@ def demo_dir(demo_root: Path) -> Path:
     return demo_root / DEMO_CODE
 
 
-def demo_app(demo_dir: Path, data_dir: Path, *, max_queue: int = 64, keys=None) -> FastAPI:
-    """A FastAPI app (not started) over an engine that serves the demo model on the CPU."""
+def demo_app(
+    demo_dir: Path, data_dir: Path, *, max_queue: int = 64, keys=None, **settings
+) -> FastAPI:
+    """A FastAPI app (not started) over an engine that serves the demo model on the CPU;
+    `settings` are extra server Settings fields (e.g. url_allow)."""
     from models.catalogue import Catalogue
     from models.demo import demo_spec
     from pipelines.engine import Engine, EngineConfig
@@ -42,7 +45,7 @@ def demo_app(demo_dir: Path, data_dir: Path, *, max_queue: int = 64, keys=None) 
 
     config = EngineConfig(max_queue=max_queue, devices=["cpu"], cache_dir=data_dir / "cache")
     engine = Engine(Catalogue([demo_spec(demo_dir)]), config)
-    return build_app(Settings(data_dir=data_dir), engine, keys)
+    return build_app(Settings(data_dir=data_dir, **settings), engine, keys)
 
 
 @pytest.fixture()
@@ -52,8 +55,9 @@ def make_client(demo_dir: Path, tmp_path: Path) -> Iterator:
 
     clients: list[TestClient] = []
 
-    def make(*, max_queue: int = 64, keys=None) -> TestClient:
-        app = demo_app(demo_dir, tmp_path / f"data{len(clients)}", max_queue=max_queue, keys=keys)
+    def make(*, max_queue: int = 64, keys=None, **settings) -> TestClient:
+        data_dir = tmp_path / f"data{len(clients)}"
+        app = demo_app(demo_dir, data_dir, max_queue=max_queue, keys=keys, **settings)
         client = TestClient(app)
         client.__enter__()
         clients.append(client)

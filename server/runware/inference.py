@@ -59,7 +59,7 @@ COST_PER_MEGAPIXEL_STEP = 0.00025
 
 
 def image_cost(width: int, height: int, steps: int) -> float:
-    return round(width * height / 1_000_000 * steps * COST_PER_MEGAPIXEL_STEP, 6)
+    return round(width * height / 1_000_000 * steps * COST_PER_MEGAPIXEL_STEP, 10)
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,9 @@ class InferenceBuilder:
 
     async def build(self, req: wire.ImageInference, owner: str) -> BuiltJob:
         checkpoint = self._resolve(req.model, "checkpoint", "model")
+        kind = self._kind(req)
         seed_image = await self._image(req.seedImage, "seedImage")
         mask = await self._image(req.maskImage, "maskImage")
-        kind = self._kind(req, seed_image)
         width, height = self._size(req, seed_image)
         steps = req.steps or checkpoint.default_steps or DEFAULT_STEPS
         guidance = (
@@ -141,8 +141,8 @@ class InferenceBuilder:
         return None if value is None else await self.inputs.load(value, parameter)
 
     @staticmethod
-    def _kind(req: wire.ImageInference, seed_image: Image | None) -> JobKind:
-        if seed_image is None:
+    def _kind(req: wire.ImageInference) -> JobKind:
+        if req.seedImage is None:
             for field in ("maskImage", "outpaint", "strength", "maskMargin"):
                 if getattr(req, field) is not None:
                     raise RunwareError(

@@ -12,14 +12,15 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
-from server.runware.common import Caller
+from server.runware.common import Caller, Reply
 from server.runware.errors import Code, RunwareError
-from server.runware.legacy.connection import LegacyConnection
+from server.runware.legacy.connection import LegacyProtocol
 from server.runware.serving import RunwareService
 from server.runware.sessions import Session, SessionRegistry
 
@@ -49,8 +50,18 @@ def _http_base(url: str) -> str:
     return url
 
 
+Render = Callable[[Reply], list[dict[str, Any]]]  # a task's reply -> the frames to send
+
+
+def current_frames(reply: Reply) -> list[dict[str, Any]]:
+    """The current protocol's frames for a task's reply: its errors, then its data."""
+    frames = [_frame(errors=reply.errors)] if reply.errors else []
+    return frames + ([_frame(reply.data)] if reply.data else [])
+
+
 class RunwareConnection:
-    """One WebSocket client: its session, its outgoing queue, its running tasks."""
+    """One WebSocket client: its session, its outgoing queue, its running tasks. Both protocol
+    generations share it: a JSON array is a current message, a JSON object a legacy one."""
 
     def __init__(
         self, socket: WebSocket, service: RunwareService, sessions: SessionRegistry
@@ -62,7 +73,7 @@ class RunwareConnection:
         self.outgoing: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.session: Session | None = None
         self.tasks: set[asyncio.Task[None]] = set()
-        self.legacy = LegacyConnection(service, self.send, self.base_url)
+        self.legacy = LegacyProtocol(self)
 
     def send(self, frame: dict[str, Any]) -> None:
         self.outgoing.put_nowait(frame)
@@ -90,12 +101,11 @@ class RunwareConnection:
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
             if self.session is not None:
-                self.sessions.detach(self.session, self._session_sender)
+                self.sessions.detach(self.session, self.send)
                 unsent = []
                 while not self.outgoing.empty():
                     unsent.append(self.outgoing.get_nowait())
                 self.sessions.keep(self.session, unsent)
-            self.legacy.close()
 
     async def _write(self) -> None:
         while True:
@@ -107,18 +117,60 @@ class RunwareConnection:
                     self.sessions.keep(self.session, [frame])
                 raise
 
-    def _session_sender(self, frame: dict[str, Any]) -> None:
-        self.send(frame)
+    # --- shared by both protocol generations ---
 
-    # --- messages ---
+    def open_session(
+        self, api_key: Any, resume_id: Any, reply: Callable[[str], dict[str, Any]] | None
+    ) -> Session:
+        """Authenticate and attach this socket to a session (resumed when it names a live one
+        of the same key); RunwareError for a bad key. `reply(session_id)`, the protocol's
+        answer, goes out before any frame the session kept while no socket was attached."""
+        owner = self.service.authenticate(api_key)
+        if self.session is not None:
+            self.sessions.detach(self.session, self.send)
+        self.session = self.sessions.open(owner, self.send, resume_id)
+        pending = []
+        while not self.outgoing.empty():
+            pending.append(self.outgoing.get_nowait())
+        if reply is not None:
+            self.send(reply(self.session.session_id))
+        for frame in pending:
+            self.send(frame)
+        return self.session
+
+    def start(self, task: Any, render: Render) -> None:
+        """Run a task in the background; its frames go to the session (kept for a resume if
+        the socket is gone by then)."""
+        if self.session is None and self.service.keys.empty:
+            self.session = self.sessions.open("", self.send)
+        if self.session is None:
+            task_type = task.get("taskType") if isinstance(task, dict) else None
+            task_uuid = task.get("taskUUID") if isinstance(task, dict) else None
+            error = RunwareError(
+                Code.MISSING_API_KEY, "authenticate first: send an authentication task", "apiKey"
+            )
+            for frame in render(Reply(errors=[error.item(task_type, task_uuid)])):
+                self.send(frame)
+            return
+        session = self.session
+        caller = self.service.caller(session.owner, self.base_url)
+
+        async def run() -> None:
+            for frame in render(await self.service.run(task, caller)):
+                session.send(frame)
+
+        running = asyncio.get_running_loop().create_task(run())
+        self.tasks.add(running)
+        running.add_done_callback(self.tasks.discard)
+
+    # --- current protocol ---
 
     def _dispatch(self, text: str) -> None:
         try:
             message = json.loads(text)
         except ValueError:
-            self.send(
-                _frame(errors=[RunwareError(Code.INVALID_MESSAGE, "not JSON").item(None, None)])
-            )
+            error = RunwareError(Code.INVALID_MESSAGE, "not JSON")
+            self.send(_frame(errors=[error.item(None, None)]))
             return
         if isinstance(message, dict):
             self.legacy.handle(message)
@@ -134,52 +186,17 @@ class RunwareConnection:
             elif task_type == "ping":
                 self.send(_frame([{"taskType": "ping", "pong": True}]))
             else:
-                self._start(task)
+                self.start(task, current_frames)
 
     def _authenticate(self, task: dict[str, Any]) -> None:
+        # The auth item has no taskUUID and comes first: the SDKs look for it in data[0].
+        def reply(session_id: str) -> dict[str, Any]:
+            return _frame([{"taskType": AUTH_TASK, "connectionSessionUUID": session_id}])
+
         try:
-            owner = self.service.authenticate(task.get("apiKey"))
+            self.open_session(task.get("apiKey"), task.get("connectionSessionUUID"), reply)
         except RunwareError as error:
             self.send(_frame(errors=[error.item(AUTH_TASK, None)]))
-            return
-        if self.session is not None:
-            self.sessions.detach(self.session, self._session_sender)
-        self.session = self.sessions.open(
-            owner, self._session_sender, task.get("connectionSessionUUID")
-        )
-        # The auth item first, before any flushed frame: the SDKs look for it in data[0].
-        auth = _frame([{"taskType": AUTH_TASK, "connectionSessionUUID": self.session.session_id}])
-        pending = []
-        while not self.outgoing.empty():
-            pending.append(self.outgoing.get_nowait())
-        self.send(auth)
-        for frame in pending:
-            self.send(frame)
-
-    def _start(self, task: Any) -> None:
-        if self.session is None and self.service.keys.empty:
-            self.session = self.sessions.open("", self._session_sender)
-        if self.session is None:
-            task_type = task.get("taskType") if isinstance(task, dict) else None
-            task_uuid = task.get("taskUUID") if isinstance(task, dict) else None
-            error = RunwareError(
-                Code.MISSING_API_KEY, "authenticate first: send an authentication task", "apiKey"
-            )
-            self.send(_frame(errors=[error.item(task_type, task_uuid)]))
-            return
-        session = self.session
-        caller = self.service.caller(session.owner, self.base_url)
-
-        async def run() -> None:
-            reply = await self.service.run(task, caller)
-            if reply.errors:
-                session.send(_frame(errors=reply.errors))
-            if reply.data:
-                session.send(_frame(reply.data))
-
-        running = asyncio.get_running_loop().create_task(run())
-        self.tasks.add(running)
-        running.add_done_callback(self.tasks.discard)
 
 
 def runware_router(service: RunwareService, sessions: SessionRegistry) -> APIRouter:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from server.app import Services, sweep_expired
 from server.keys import KeyStore
+from server.outbound import Outbound, OutboundPolicy
 from server.results import ResultStore
 from server.settings import Settings
 from server.taskstore import SqliteTaskStore, TaskRecord
@@ -25,6 +26,7 @@ def test_sweep_expired(tmp_path: Path) -> None:
         results=results,
         tracker=TaskTracker(store, results),
         keys=KeyStore(),
+        outbound=Outbound(OutboundPolicy()),
     )
     old, fresh = time.time() - 2 * 3600, time.time()
     images = {name: results.save_png(Image.new("RGB", (8, 8))) for name in ("old", "fresh")}

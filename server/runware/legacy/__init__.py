@@ -1,0 +1,1 @@
+"""Runware's legacy (picfinder era) WebSocket protocol: plain-object messages such as newTask."""
