@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -156,8 +156,8 @@ def test_unknown_image_uuid_is_an_error(make_client) -> None:
 class _Recorder(BaseHTTPRequestHandler):
     """Serves one PNG on GET and records PUT / POST bodies."""
 
-    received: list[tuple[str, str, bytes]] = []
-    image = b""
+    received: ClassVar[list[tuple[str, str, bytes]]] = []
+    image: ClassVar[bytes] = b""
 
     def do_GET(self) -> None:
         self.send_response(200)
