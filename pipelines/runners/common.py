@@ -14,6 +14,7 @@ from diffusers import DiffusionPipeline
 from models.cache import PipelineCache
 from models.catalogue import Catalogue
 from pipelines.jobs import ErrorCode, GenerationJob, JobError
+from pipelines.prompt_weighting import prompt_embeddings
 from pipelines.samplers import sampler_spec
 
 StepReporter = Callable[[int, int], None]  # (steps done, total steps); raises JobError to stop
@@ -72,16 +73,27 @@ def step_callback(report: StepReporter) -> Callable[..., dict[str, Any]]:
     return callback
 
 
+def prompt_args(pipe: DiffusionPipeline, job: GenerationJob) -> dict[str, Any]:
+    """The prompt as diffusers takes it: the text (and clip skip), or for a weighted prompt the
+    embeddings pipelines.prompt_weighting makes, clip skip already applied."""
+    clip_skip = diffusers_clip_skip(pipe, job.clip_skip)
+    if job.prompt_weighting is None:
+        return {
+            "prompt": job.prompt,
+            "negative_prompt": job.negative_prompt,
+            "clip_skip": clip_skip,
+        }
+    return prompt_embeddings(pipe, job.prompt, job.negative_prompt, job.prompt_weighting, clip_skip)
+
+
 def common_call_args(pipe: DiffusionPipeline, job: GenerationJob, ctx: RunContext) -> dict:
     """Arguments that txt2img and img2img calls share."""
     return {
-        "prompt": job.prompt,
-        "negative_prompt": job.negative_prompt,
+        **prompt_args(pipe, job),
         "num_inference_steps": job.steps,
         "guidance_scale": job.guidance_scale,
         "num_images_per_prompt": job.num_images,
         "generator": generators(job.seeds),
-        "clip_skip": diffusers_clip_skip(pipe, job.clip_skip),
         "callback_on_step_end": step_callback(ctx.report_step),
         "output_type": "pil",
         **({"ip_adapter_image": job.style.image} if job.style is not None else {}),

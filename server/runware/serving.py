@@ -464,12 +464,18 @@ class RunwareService:
             m for m in self.engine.list_models(None) if m.kind in CATEGORIES and _matches(m, req)
         ]
         page = found[req.offset : req.offset + req.limit]
+        aliases: dict[str, list[str]] = {}
+        for alias, code in self.engine.model_aliases().items():
+            aliases.setdefault(code, []).append(alias)
         return [
             {
                 "taskType": req.taskType,
                 "taskUUID": req.taskUUID,
                 "totalResults": len(found),
-                "results": [_model_entry(m) for m in page],
+                "results": [
+                    _model_entry(m, aliases.get(m.code, []) if m.kind == "checkpoint" else [])
+                    for m in page
+                ],
             }
         ]
 
@@ -524,9 +530,16 @@ def _matches(model: ModelInfo, req: wire.ModelSearch) -> bool:
     return True
 
 
-def _model_entry(model: ModelInfo) -> dict[str, Any]:
+def _air(model: ModelInfo, aliases: list[str]) -> str:
+    """The id a client should send for the model: the first AIR-shaped one (source:id@version;
+    SDKs look up anything else online), else its code."""
+    ids = [*model.public_ids, *aliases]
+    return next((i for i in ids if ":" in i and "@" in i), model.code)
+
+
+def _model_entry(model: ModelInfo, aliases: list[str]) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "air": model.public_ids[0] if model.public_ids else model.code,
+        "air": _air(model, aliases),
         "name": model.name,
         "version": "1",
         "category": CATEGORIES[model.kind],
