@@ -99,6 +99,7 @@ UNET_INPUT_CONV = UNET_PREFIX + "input_blocks.0.0.weight"
 # Text-encoder key prefixes of the original (LDM / SGM) checkpoint layouts, most specific first.
 TEXT_ENCODER_PREFIXES: dict[str, Architecture] = {
     "conditioner.embedders.1.model.": Architecture.SDXL,  # CLIP-L + OpenCLIP bigG
+    "conditioner.embedders.0.model.": Architecture.SDXL_REFINER,  # OpenCLIP bigG alone
     "cond_stage_model.model.": Architecture.SD2,  # OpenCLIP ViT-H
     "cond_stage_model.transformer.": Architecture.SD1,  # CLIP ViT-L (HF layout)
 }
@@ -124,10 +125,6 @@ CONTEXT_KEY_SUFFIXES: tuple[str, ...] = (
 
 UNET_IN_CHANNELS: dict[int, bool] = {4: False, 9: True}  # in_channels -> inpainting
 
-UNSUPPORTED_CHECKPOINTS: dict[str, str] = {
-    "conditioner.embedders.0.model.": "an SDXL refiner (not supported: use an SDXL base model)",
-}
-
 
 def context_architecture(header: Header) -> Architecture:
     """The architecture implied by the cross-attention width, or UNKNOWN."""
@@ -145,9 +142,6 @@ def detect_checkpoint(header: Header, *, source: str = "checkpoint") -> Detected
     """Architecture and inpainting of an original-layout single-file checkpoint."""
     if not is_checkpoint(header):
         raise ModelDetectionError(f"{source}: no UNet weights ({UNET_PREFIX}...)")
-    for prefix, what in UNSUPPORTED_CHECKPOINTS.items():
-        if any(name.startswith(prefix) for name in header):
-            raise ModelDetectionError(f"{source}: {what}")
     architecture = next(
         (
             arch
@@ -281,6 +275,8 @@ PIPELINE_FAMILIES: dict[str, Architecture] = {
     "StableDiffusionXLInpaintPipeline": Architecture.SDXL,
 }
 SD2_CONTEXT_DIM = 1024
+# Families whose pipelines may come without the first text encoder: refiners (OpenCLIP only).
+REFINER_FAMILIES: dict[Architecture, Architecture] = {Architecture.SDXL: Architecture.SDXL_REFINER}
 
 # Component folders (config.json) by class name.
 COMPONENT_KINDS: dict[str, ModelKind] = {
@@ -319,7 +315,9 @@ def detect_diffusers_pipeline(folder: Path) -> Detected:
             f"{folder}: {class_name} pipelines are not supported (SD 1.x, SD 2.x and SDXL are)"
         )
     if index.get("text_encoder") in (None, [None, None]):
-        raise ModelDetectionError(f"{folder}: no text_encoder (an SDXL refiner?): not supported")
+        if architecture not in REFINER_FAMILIES:
+            raise ModelDetectionError(f"{folder}: no text_encoder: not supported")
+        architecture = REFINER_FAMILIES[architecture]
     unet_config_path = folder / "unet" / COMPONENT_CONFIG
     unet = _read_json(unet_config_path)
     if _config_int(unet, "cross_attention_dim", unet_config_path) == SD2_CONTEXT_DIM:

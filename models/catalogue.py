@@ -29,6 +29,7 @@ class Architecture(StrEnum):
     SD1 = "sd1"
     SD2 = "sd2"
     SDXL = "sdxl"
+    SDXL_REFINER = "sdxl-refiner"  # only OpenCLIP bigG, aesthetic-score conditioning
     UNKNOWN = "unknown"
 
 

@@ -20,6 +20,7 @@ from diffusers import (
     DiffusionPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
 )
@@ -42,6 +43,8 @@ PIPELINE_CLASSES: dict[tuple[Architecture, bool], type[DiffusionPipeline]] = {
     (Architecture.SD2, True): StableDiffusionInpaintPipeline,
     (Architecture.SDXL, False): StableDiffusionXLPipeline,
     (Architecture.SDXL, True): StableDiffusionXLInpaintPipeline,
+    # A refiner has no first text encoder: it only runs as image to image (the last steps).
+    (Architecture.SDXL_REFINER, False): StableDiffusionXLImg2ImgPipeline,
 }
 
 # Bundled config folder per (architecture, inpainting): the reference model of each family.
@@ -51,6 +54,7 @@ BUNDLED_CONFIGS: dict[tuple[Architecture, bool], str] = {
     (Architecture.SD2, False): "sd2",  # stable-diffusion-2-1 (768, v-prediction)
     (Architecture.SDXL, False): "sdxl",  # stable-diffusion-xl-base-1.0
     (Architecture.SDXL, True): "sdxl-inpaint",  # stable-diffusion-xl-1.0-inpainting-0.1
+    (Architecture.SDXL_REFINER, False): "sdxl-refiner",  # stable-diffusion-xl-refiner-1.0
 }
 
 # Standalone VAE files: the VAE config (its latent scaling factor) of the family they serve.
@@ -58,6 +62,7 @@ VAE_CONFIGS: dict[Architecture, str] = {
     Architecture.SD1: "sd15",
     Architecture.SD2: "sd2",
     Architecture.SDXL: "sdxl",
+    Architecture.SDXL_REFINER: "sdxl",  # the same VAE
 }
 
 # Tokenizer components of each family and their pad tokens (OpenCLIP-trained encoders pad "!").
@@ -65,6 +70,7 @@ TOKENIZER_PADS: dict[Architecture, dict[str, str]] = {
     Architecture.SD1: {"tokenizer": EOS},
     Architecture.SD2: {"tokenizer": "!"},
     Architecture.SDXL: {"tokenizer": EOS, "tokenizer_2": "!"},
+    Architecture.SDXL_REFINER: {"tokenizer_2": "!"},
 }
 
 # Extra arguments per pipeline class: SD 1.x / 2.x pipelines come without the safety checker.
@@ -74,6 +80,7 @@ PIPELINE_OPTIONS: dict[type[DiffusionPipeline], dict[str, object]] = {
     StableDiffusionInpaintPipeline: _NO_SAFETY_CHECKER,
     StableDiffusionXLPipeline: {},
     StableDiffusionXLInpaintPipeline: {},
+    StableDiffusionXLImg2ImgPipeline: {},
 }
 
 # Components a single-file checkpoint never holds, though model_index.json may list them.

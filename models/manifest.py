@@ -13,7 +13,7 @@ refuses to start rather than serve a catalogue that differs from what the operat
     [models."checkpoints/dreamshaper_8.safetensors"]   # key: path relative to models_dir
     code = "dreamshaper_8"
     name = "DreamShaper 8"
-    architecture = "sd1"                 # optional override (sd1|sd2|sdxl)
+    architecture = "sd1"                 # optional override (sd1|sd2|sdxl|sdxl-refiner)
     inpainting = false                   # optional override
     inpainting_model = "dreamshaper_8_inpainting"  # optional: its inpainting variant's code
     config = "configs/my-arch"           # optional diffusers config folder, relative to models_dir
@@ -45,6 +45,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "sd1": Architecture.SD1,
     "sd2": Architecture.SD2,
     "sdxl": Architecture.SDXL,
+    "sdxl-refiner": Architecture.SDXL_REFINER,
 }
 
 

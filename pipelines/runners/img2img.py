@@ -8,6 +8,7 @@ from PIL.Image import Image
 from pipelines.control import prepare_controls
 from pipelines.imaging import fit_image
 from pipelines.jobs import ErrorCode, GenerationJob, JobError
+from pipelines.runners import refiner
 from pipelines.runners.common import RunContext, common_call_args, make_scheduler
 from pipelines.runners.families import pipeline_for
 
@@ -20,9 +21,10 @@ def run(base: DiffusionPipeline, job: GenerationJob, ctx: RunContext) -> list[Im
         # No denoising step is left at this strength: the fitted image is the answer.
         ctx.report_step(0, 0)
         return [init.copy() for _ in job.seeds]
+    handoff = refiner.prepare(base, job, ctx)
     control = prepare_controls(base, job, ctx)
     scheduler = make_scheduler(base.scheduler, job.sampler)
     pipe = pipeline_for(base, job.kind, scheduler, ctx.vae, control and control.controlnet)
     extra = {} if control is None else {"control_image": control.images, **control.args}
-    out = pipe(image=init, strength=job.strength, **common_call_args(pipe, job, ctx), **extra)
-    return list(out.images)
+    args = {"image": init, "strength": job.strength, **common_call_args(pipe, job, ctx), **extra}
+    return refiner.run(pipe, args, handoff, ctx)

@@ -114,6 +114,7 @@ def test_header_json_is_not_trusted_blindly(tmp_path: Path) -> None:
         (tiny.SDXL_CHECKPOINT, SDXL, False),
         (tiny.SDXL_INPAINT_CHECKPOINT, SDXL, True),
         (tiny.UNET_ONLY_SDXL, SDXL, False),  # no text encoder: the context width decides
+        (tiny.SDXL_REFINER_CHECKPOINT, Architecture.SDXL_REFINER, False),  # OpenCLIP bigG alone
     ],
 )
 def test_checkpoint_architecture_and_inpainting(
@@ -130,7 +131,6 @@ def test_checkpoint_architecture_and_inpainting(
 @pytest.mark.parametrize(
     ("shapes", "message"),
     [
-        (tiny.SDXL_REFINER_CHECKPOINT, "refiner"),
         (
             {
                 **tiny.SD1_CHECKPOINT,
@@ -222,9 +222,9 @@ def test_sd2_folder_by_context_width(tmp_path: Path) -> None:
     [
         ({"_class_name": "FluxPipeline"}, {}, "FluxPipeline pipelines are not supported"),
         (
-            {"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None]},
-            {"cross_attention_dim": 1280, "in_channels": 4},
-            "refiner",
+            {"_class_name": "StableDiffusionImg2ImgPipeline", "text_encoder": [None, None]},
+            {"cross_attention_dim": 768, "in_channels": 4},
+            "no text_encoder",
         ),
         (
             {"_class_name": "StableDiffusionPipeline", "text_encoder": ["transformers", "X"]},
@@ -244,6 +244,15 @@ def test_unsupported_diffusers_folders(
     folder = _pipeline_folder(tmp_path / "m", index, unet)
     with pytest.raises(ModelDetectionError, match=message):
         detect_diffusers_pipeline(folder)
+
+
+def test_sdxl_refiner_folder(tmp_path: Path) -> None:
+    folder = _pipeline_folder(
+        tmp_path / "refiner",
+        {"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None]},
+        {"cross_attention_dim": 1280, "in_channels": 4},
+    )
+    assert detect_diffusers_pipeline(folder).architecture is Architecture.SDXL_REFINER
 
 
 def test_broken_model_index_is_a_detection_error(tmp_path: Path) -> None:

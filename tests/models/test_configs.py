@@ -28,6 +28,7 @@ CLIP_L = 123_060_480
 OPENCLIP_H_23_LAYERS = 340_387_840
 OPENCLIP_BIGG_PROJECTION = 694_659_840
 SD2_UNET = 865_910_724
+SDXL_REFINER_UNET = 2_259_526_660  # + VAE + bigG in fp16: sd_xl_refiner_1.0 (6.08 GB)
 
 EXPECTED: dict[tuple[str, str], int] = {
     ("sd15", "unet"): SD15_UNET,
@@ -47,6 +48,9 @@ EXPECTED: dict[tuple[str, str], int] = {
     ("sdxl-inpaint", "vae"): SD_VAE,
     ("sdxl-inpaint", "text_encoder"): CLIP_L,
     ("sdxl-inpaint", "text_encoder_2"): OPENCLIP_BIGG_PROJECTION,
+    ("sdxl-refiner", "unet"): SDXL_REFINER_UNET,
+    ("sdxl-refiner", "vae"): SD_VAE,
+    ("sdxl-refiner", "text_encoder_2"): OPENCLIP_BIGG_PROJECTION,
 }
 
 
