@@ -31,6 +31,7 @@ from pipelines.jobs import (
 from pipelines.preprocessors import list_preprocessors
 from pipelines.queue import JobQueue, QueueFull
 from pipelines.runners import preprocess as preprocess_runner
+from pipelines.runners import refiner
 from pipelines.samplers import is_known_sampler
 from pipelines.worker import DeviceWorker, default_dtype, detect_devices
 
@@ -160,6 +161,7 @@ class Engine:
             self.resolve_model(job.vae, ModelKind.VAE.value)
         if job.refiner is not None:
             self.resolve_model(job.refiner.model)
+            refiner.check(job)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False if the engine does not hold it."""

@@ -69,7 +69,12 @@ CATEGORIES: dict[str, str] = {
     "ip_adapter": "ipadapter",
     "vae": "vae",
 }
-ARCHITECTURES: dict[str, str] = {"sd1": "sd1x", "sd2": "sd2x", "sdxl": "sdxl"}
+ARCHITECTURES: dict[str, str] = {
+    "sd1": "sd1x",
+    "sd2": "sd2x",
+    "sdxl": "sdxl",
+    "sdxl-refiner": "sdxl",
+}
 # The task store keeps engine error codes; a failed upload is the front end's own.
 DELIVERY_FAILED = "delivery_failed"
 

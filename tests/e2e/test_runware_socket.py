@@ -419,7 +419,7 @@ def test_current_ping_is_answered_while_the_worker_is_busy(server: ServerProcess
             "model": MODEL,
             "width": 128,
             "height": 128,
-            "steps": 20,
+            "steps": 28,
             "numberResults": 2,
             "seed": 1,
         }

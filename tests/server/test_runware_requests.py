@@ -20,6 +20,7 @@ from server.keys import KeyStore
 from tests.runware_client import data_uri, fetch, receive_for, rest, task
 
 SMALL = {"model": "easel-demo", "width": 64, "height": 64, "steps": 2}
+WHITE = data_uri(Image.new("RGB", (64, 64), "white"))
 
 
 def _inference(**fields: Any) -> dict[str, Any]:
@@ -48,6 +49,15 @@ def _noise(seed: int = 0, size: int = 64) -> Image.Image:
         ({"lora": [{"model": "nope", "weight": 1}]}, "unknownModel", "lora[0].model"),
         ({"checkNSFW": True}, "invalidParameter", "checkNSFW"),
         ({"outputFormat": "GIF"}, "invalidParameter", "outputFormat"),
+        (
+            {
+                "seedImage": WHITE,
+                "maskImage": WHITE,
+                "refiner": {"model": "easel-demo", "startStep": 1},
+            },
+            "invalidParameter",
+            None,
+        ),
     ],
 )
 def test_bad_fields_are_errors_of_their_task(make_client, fields, code, parameter) -> None:
