@@ -417,9 +417,9 @@ def test_current_ping_is_answered_while_the_worker_is_busy(server: ServerProcess
             "taskUUID": busy_uuid,
             "positivePrompt": "a long job",
             "model": MODEL,
-            "width": 128,
-            "height": 128,
-            "steps": 28,
+            "width": 256,  # a few seconds of CPU work even on a quiet machine
+            "height": 256,
+            "steps": 30,
             "numberResults": 2,
             "seed": 1,
         }
