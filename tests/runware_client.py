@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import uuid
@@ -20,12 +19,6 @@ def task(task_type: str, **fields: Any) -> dict[str, Any]:
 def rest(client: TestClient, *tasks: dict[str, Any], api_key: str | None = None):
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     return client.post("/v1", content=json.dumps(list(tasks)), headers=headers)
-
-
-def data_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def fetch(client: TestClient, url: str) -> np.ndarray:

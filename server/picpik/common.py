@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from pipelines.jobs import GenerationJob
 from server.picpik.errors import PicpikError, RetCode
 from server.summary import job_summary
+from server.validation import error_location
 
 PROTOCOL = "picpik"
 W = TypeVar("W", bound=BaseModel)
@@ -49,18 +50,12 @@ def point_cost(width: int, height: int, steps: int, images: int) -> int:
     return math.ceil(width * height * steps * images / 1_000_000)
 
 
-def _loc(parts: tuple[Any, ...]) -> str:
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def parse(model: type[W], body: dict[str, Any]) -> W:
     try:
         return model.model_validate(body)
     except ValidationError as error:
         first = error.errors()[0]
         raise PicpikError(
-            RetCode.INVALID_PARAMETER, f"invalid {_loc(first['loc']) or 'request'}: {first['msg']}"
+            RetCode.INVALID_PARAMETER,
+            f"invalid {error_location(first['loc']) or 'request'}: {first['msg']}",
         ) from None

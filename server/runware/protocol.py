@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from server.runware.errors import Code, RunwareError
+from server.validation import error_location
 
 W = TypeVar("W", bound=BaseModel)
 
@@ -177,20 +178,13 @@ class ModelSearch(Task):
     offset: Annotated[int, Field(ge=0)] = 0
 
 
-def _location(parts: tuple[Any, ...]) -> str:
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def parse(model: type[W], task: dict[str, Any]) -> W:
     """The task as its wire model; RunwareError naming the first bad field otherwise."""
     try:
         return model.model_validate(task)
     except ValidationError as error:
         first = error.errors()[0]
-        where = _location(first["loc"]) or None
+        where = error_location(first["loc"]) or None
         if first["type"] == "missing":
             raise RunwareError(Code.MISSING_PARAMETER, f"missing {where}", where) from None
         raise RunwareError(

@@ -37,7 +37,9 @@ REST_STATUS: tuple[tuple[frozenset[Code], int], ...] = (
 REST_CLIENT_ERROR = 400
 
 
-def _frame(data: list[dict[str, Any]] | None = None, errors: list[dict[str, Any]] | None = None):
+def _frame(
+    data: list[dict[str, Any]] | None = None, errors: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     return {"errors": errors} if errors else {"data": data or []}
 
 
@@ -102,10 +104,14 @@ class RunwareConnection:
                 await writer
             if self.session is not None:
                 self.sessions.detach(self.session, self.send)
-                unsent = []
-                while not self.outgoing.empty():
-                    unsent.append(self.outgoing.get_nowait())
-                self.sessions.keep(self.session, unsent)
+                self.sessions.keep(self.session, self._take_outgoing())
+
+    def _take_outgoing(self) -> list[dict[str, Any]]:
+        """Empty the outgoing queue: the frames not yet written, in order."""
+        frames = []
+        while not self.outgoing.empty():
+            frames.append(self.outgoing.get_nowait())
+        return frames
 
     async def _write(self) -> None:
         while True:
@@ -120,7 +126,7 @@ class RunwareConnection:
     # --- shared by both protocol generations ---
 
     def open_session(
-        self, api_key: Any, resume_id: Any, reply: Callable[[str], dict[str, Any]] | None
+        self, api_key: Any, resume_id: Any, reply: Callable[[str], dict[str, Any]]
     ) -> Session:
         """Authenticate and attach this socket to a session (resumed when it names a live one
         of the same key); RunwareError for a bad key. `reply(session_id)`, the protocol's
@@ -129,11 +135,8 @@ class RunwareConnection:
         if self.session is not None:
             self.sessions.detach(self.session, self.send)
         self.session = self.sessions.open(owner, self.send, resume_id)
-        pending = []
-        while not self.outgoing.empty():
-            pending.append(self.outgoing.get_nowait())
-        if reply is not None:
-            self.send(reply(self.session.session_id))
+        pending = self._take_outgoing()
+        self.send(reply(self.session.session_id))
         for frame in pending:
             self.send(frame)
         return self.session

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pipelines.engine import Engine
-from pipelines.jobs import JobError, ModelInfo, PreprocessJob
+from pipelines.jobs import Job, JobError, ModelInfo, PreprocessJob
 from server.keys import KeyStore
 from server.outbound import Outbound, OutboundError
 from server.results import MEDIA_TYPES, Encoding, ImageFormat, ResultStore, image_url
@@ -194,16 +194,11 @@ class RunwareService:
             return [{"taskType": req.taskType, "taskUUID": req.taskUUID, "status": "processing"}]
         return await self._finish(record.task_id, caller, req, follower)
 
-    def _submit(self, record: TaskRecord, job: Any, encoding: Encoding | None = None) -> Any:
+    def _submit(
+        self, record: TaskRecord, job: Job, encoding: Encoding | None = None
+    ) -> asyncio.Task[None]:
         """Store the record, queue the job; the tracker's follower (ends with the record)."""
-        try:
-            self.store.create(record)
-        except TaskExists:
-            raise RunwareError(
-                Code.CONFLICT_TASK_UUID,
-                f"the taskUUID {record.task_id} is already in use",
-                "taskUUID",
-            ) from None
+        self._create(record)
         try:
             handle = self.engine.submit(job, job_id=record.task_id)
         except JobError as error:
@@ -365,21 +360,27 @@ class RunwareService:
         self, task_uuid: str, action: str, caller: Caller, image_ids: list[str]
     ) -> None:
         """A record for work done at once (uploads): it makes the images expire with it."""
-        try:
-            self.store.create(
-                TaskRecord(
-                    task_id=task_uuid,
-                    protocol=PROTOCOL,
-                    action=action,
-                    owner=caller.owner,
-                    status=TaskStatus.FINISHED,
-                    progress=1.0,
-                    image_ids=image_ids,
-                )
+        self._create(
+            TaskRecord(
+                task_id=task_uuid,
+                protocol=PROTOCOL,
+                action=action,
+                owner=caller.owner,
+                status=TaskStatus.FINISHED,
+                progress=1.0,
+                image_ids=image_ids,
             )
+        )
+
+    def _create(self, record: TaskRecord) -> None:
+        """Store a new task record; conflictTaskUUID when its taskUUID is taken."""
+        try:
+            self.store.create(record)
         except TaskExists:
             raise RunwareError(
-                Code.CONFLICT_TASK_UUID, f"the taskUUID {task_uuid} is already in use", "taskUUID"
+                Code.CONFLICT_TASK_UUID,
+                f"the taskUUID {record.task_id} is already in use",
+                "taskUUID",
             ) from None
 
     # --- ControlNet preprocessing ---

@@ -6,13 +6,11 @@ the PNGs the server writes are lossless, so the comparison is exact.
 
 from __future__ import annotations
 
-import base64
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from diffusers import (
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
@@ -21,21 +19,8 @@ from diffusers import (
 )
 from PIL import Image
 
-from models.compat import apply_compat
+from tests.parity import assert_same_images, png_data_uri, seeded_generators
 from tests.picpik_client import PicpikClient
-
-
-@pytest.fixture(scope="module")
-def reference(demo_dir: Path) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(demo_dir, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    # diffusers' clip-skip path needs the pre-transformers-5 attribute: the same bridge as the
-    # server's loader (models/compat.py); it changes no computation.
-    return apply_compat(pipe)
-
-
-def _generators(seed: int, count: int) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(seed + i) for i in range(count)]
 
 
 def _download(client: PicpikClient, detail: dict) -> list[np.ndarray]:
@@ -47,19 +32,6 @@ def _download(client: PicpikClient, detail: dict) -> list[np.ndarray]:
         assert response.headers["content-type"] == "image/png"
         images.append(np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")))
     return images
-
-
-def _data_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def _assert_same(server: list[np.ndarray], direct: list[Image.Image]) -> None:
-    assert len(server) == len(direct)
-    for got, want in zip(server, direct, strict=True):
-        assert got.shape == np.asarray(want).shape
-        assert np.array_equal(got, np.asarray(want))
 
 
 def test_txt2img_batch_matches_diffusers(make_client, reference) -> None:
@@ -85,9 +57,9 @@ def test_txt2img_batch_matches_diffusers(make_client, reference) -> None:
         num_inference_steps=6,
         guidance_scale=5.0,
         num_images_per_prompt=3,
-        generator=_generators(1234, 3),
+        generator=seeded_generators(1234, 3),
     ).images
-    _assert_same(_download(client, detail), direct)
+    assert_same_images(_download(client, detail), direct)
 
 
 def test_txt2img_sampler_clip_skip_and_rounded_size(make_client, reference) -> None:
@@ -112,10 +84,10 @@ def test_txt2img_sampler_clip_skip_and_rounded_size(make_client, reference) -> N
         height=64,
         num_inference_steps=7,
         guidance_scale=7.5,
-        generator=_generators(7, 1),
+        generator=seeded_generators(7, 1),
         clip_skip=1,  # A1111 ClipSkip 2 = diffusers clip_skip 1
     ).images
-    _assert_same(_download(client, detail), direct)
+    assert_same_images(_download(client, detail), direct)
 
 
 def test_random_seed_is_reported_and_reproduces(make_client, reference) -> None:
@@ -139,9 +111,9 @@ def test_random_seed_is_reported_and_reproduces(make_client, reference) -> None:
         num_inference_steps=6,
         guidance_scale=7.5,
         num_images_per_prompt=2,
-        generator=_generators(seed, 2),
+        generator=seeded_generators(seed, 2),
     ).images
-    _assert_same(_download(client, detail), direct)
+    assert_same_images(_download(client, detail), direct)
 
 
 def test_img2img_batch_matches_diffusers(make_client, reference) -> None:
@@ -151,7 +123,7 @@ def test_img2img_batch_matches_diffusers(make_client, reference) -> None:
         MainModel={"InferenceParams": {"Steps": 10}},
         PositivePrompts=["a painting"],
         Image2Image={"ImageIndex": 1, "ReferStrength": 0.3},
-        ImageAndMaskList=["", _data_uri(init)],
+        ImageAndMaskList=["", png_data_uri(init)],
         Width=64,
         Height=64,
         Seed=99,
@@ -166,9 +138,9 @@ def test_img2img_batch_matches_diffusers(make_client, reference) -> None:
         num_inference_steps=10,
         guidance_scale=7.5,
         num_images_per_prompt=2,
-        generator=_generators(99, 2),
+        generator=seeded_generators(99, 2),
     ).images
-    _assert_same(_download(client, detail), direct)
+    assert_same_images(_download(client, detail), direct)
 
 
 def test_img2img_just_resize_fits_the_reference_first(make_client, reference) -> None:
@@ -178,7 +150,7 @@ def test_img2img_just_resize_fits_the_reference_first(make_client, reference) ->
         MainModel={"InferenceParams": {"Steps": 8}},
         PositivePrompts=["a boat"],
         Image2Image={"ImageIndex": 0, "ReferStrength": 0.5, "ResizeMode": "JustResize"},
-        ImageAndMaskList=[_data_uri(init)],
+        ImageAndMaskList=[png_data_uri(init)],
         Width=64,
         Height=64,
         Seed=3,
@@ -191,9 +163,9 @@ def test_img2img_just_resize_fits_the_reference_first(make_client, reference) ->
         strength=0.5,
         num_inference_steps=8,
         guidance_scale=7.5,
-        generator=_generators(3, 1),
+        generator=seeded_generators(3, 1),
     ).images
-    _assert_same(_download(client, detail), direct)
+    assert_same_images(_download(client, detail), direct)
 
 
 def test_full_refer_strength_returns_the_fitted_reference(make_client) -> None:
@@ -202,7 +174,7 @@ def test_full_refer_strength_returns_the_fitted_reference(make_client) -> None:
     detail = client.generate(
         PositivePrompts=["unused"],
         Image2Image={"ImageIndex": 0, "ReferStrength": 1},
-        ImageAndMaskList=[_data_uri(init)],
+        ImageAndMaskList=[png_data_uri(init)],
         Width=64,
         Height=64,
         BatchSize=2,
@@ -260,6 +232,6 @@ def test_sampler_names_match_their_diffusers_schedulers(
         height=64,
         num_inference_steps=6,
         guidance_scale=7.5,
-        generator=_generators(3, 1),
+        generator=seeded_generators(3, 1),
     ).images
-    _assert_same(_download(sampler_client, detail), direct)
+    assert_same_images(_download(sampler_client, detail), direct)

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from diffusers import (
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
@@ -18,26 +15,10 @@ from diffusers import (
 )
 from PIL import Image
 
-from models.compat import apply_compat
+from tests.parity import assert_same_images, seeded_generators
+from tests.parity import png_data_uri as data_uri
 from tests.picpik_client import PicpikClient
-from tests.runware_client import data_uri, fetch, receive_for, rest, task
-
-
-@pytest.fixture(scope="module")
-def reference(demo_dir: Path) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(demo_dir, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return apply_compat(pipe)
-
-
-def _generators(seed: int, count: int) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(seed + i) for i in range(count)]
-
-
-def _same(got: list[np.ndarray], want: list[Image.Image]) -> None:
-    assert len(got) == len(want)
-    for a, b in zip(got, want, strict=True):
-        assert np.array_equal(a, np.asarray(b))
+from tests.runware_client import fetch, receive_for, rest, task
 
 
 def test_txt2img_matches_picpik_and_diffusers(make_client, reference) -> None:
@@ -89,9 +70,9 @@ def test_txt2img_matches_picpik_and_diffusers(make_client, reference) -> None:
         num_inference_steps=6,
         guidance_scale=5.0,
         num_images_per_prompt=2,
-        generator=_generators(1234, 2),
+        generator=seeded_generators(1234, 2),
     ).images
-    _same(runware, direct)
+    assert_same_images(runware, direct)
 
 
 def test_websocket_scheduler_name_and_clip_skip_match_diffusers(make_client, reference) -> None:
@@ -124,10 +105,10 @@ def test_websocket_scheduler_name_and_clip_skip_match_diffusers(make_client, ref
         height=64,
         num_inference_steps=6,
         guidance_scale=7.0,
-        generator=_generators(7, 1),
+        generator=seeded_generators(7, 1),
         clip_skip=1,
     ).images
-    _same([fetch(client, item["imageURL"])], direct)
+    assert_same_images([fetch(client, item["imageURL"])], direct)
 
 
 def test_img2img_from_an_uploaded_image_matches_diffusers(make_client, reference) -> None:
@@ -160,9 +141,9 @@ def test_img2img_from_an_uploaded_image_matches_diffusers(make_client, reference
         strength=0.6,
         num_inference_steps=5,
         guidance_scale=7.0,
-        generator=_generators(11, 1),
+        generator=seeded_generators(11, 1),
     ).images
     got = np.asarray(
         Image.open(io.BytesIO(base64.b64decode(item["imageBase64Data"]))).convert("RGB")
     )
-    _same([got], direct)
+    assert_same_images([got], direct)

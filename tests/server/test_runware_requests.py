@@ -17,7 +17,8 @@ from PIL import Image
 
 from pipelines.preprocessors import preprocess
 from server.keys import KeyStore
-from tests.runware_client import data_uri, fetch, receive_for, rest, task
+from tests.parity import png_data_uri as data_uri
+from tests.runware_client import fetch, receive_for, rest, task
 
 SMALL = {"model": "easel-demo", "width": 64, "height": 64, "steps": 2}
 WHITE = data_uri(Image.new("RGB", (64, 64), "white"))

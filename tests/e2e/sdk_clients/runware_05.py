@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from frames import shorten
 from runware import Runware
 from runware.types import IControlNetGeneral, IImageInference, IModelSearch
 from runware.utils import RunwareAPIError
@@ -37,17 +38,6 @@ BASE: dict[str, Any] = {
     "seed": 1234,
 }
 SCENARIO_TIMEOUT_S = 60.0
-
-
-def shorten(value: Any) -> Any:
-    """The frame with long strings (data URIs) cut, for a readable report."""
-    if isinstance(value, str) and len(value) > 80:
-        return f"{value[:40]}...<{len(value)} chars>"
-    if isinstance(value, list):
-        return [shorten(item) for item in value]
-    if isinstance(value, dict):
-        return {key: shorten(item) for key, item in value.items()}
-    return value
 
 
 class SentFrames(logging.Handler):

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from frames import shorten
 from runware import RunOptions, Runware, RunwareError, file_to_base64, file_to_data_uri
 
 MODEL = "runware:100@1"
@@ -35,17 +36,6 @@ BASE: dict[str, Any] = {
 }
 TIMEOUT_MS = 60_000
 OPTIONS = RunOptions(timeout=TIMEOUT_MS)
-
-
-def shorten(value: Any) -> Any:
-    """The frame with long strings (data URIs, base64) cut, for a readable report."""
-    if isinstance(value, str) and len(value) > 80:
-        return f"{value[:40]}...<{len(value)} chars>"
-    if isinstance(value, list):
-        return [shorten(item) for item in value]
-    if isinstance(value, dict):
-        return {key: shorten(item) for key, item in value.items()}
-    return value
 
 
 class Wire:
