@@ -25,8 +25,8 @@ def run_jobs(
         try:
             results: list[JobResult | JobError] = []
             for i, job in enumerate(jobs):
-                handle = engine.submit(job, job_id=f"job-{i}")
-                try:
+                try:  # refused at submit, or failed while running: either way its JobError
+                    handle = engine.submit(job, job_id=f"job-{i}")
                     results.append(await handle.result())
                 except JobError as error:
                     results.append(error)
