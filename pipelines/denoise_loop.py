@@ -1,0 +1,214 @@
+"""Step-level continuous batching: one denoising loop that jobs join and leave at step boundaries.
+
+Every member (pipelines.loop_members.Member) carries its own latents, schedule, scheduler and
+conditioning; a step runs ONE UNet forward over every member's rows (members whose prompt
+embeddings have another length, e.g. long weighted prompts, go in a second forward), with a
+per-row timestep, then each member's own scheduler steps its own slice. A job that arrives while
+the loop runs is prepared at the next step boundary and is in the next forward; a finished job
+is decoded (together with the others finishing at that step) and leaves. Nothing about one
+member changes another member's numbers, beyond float effects of the batch size itself.
+
+No host-device synchronisation inside a step: timesteps stay device tensors, progress is Python
+counting; the only copy to the host is a finished member's decoded images.
+
+Out of memory: the forward is retried in halves (and the loop keeps the smaller row ceiling);
+only a single row that does not fit fails its members.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+
+from pipelines.batching.stats import EngineStats
+from pipelines.loop_members import Member, decode, denormalized, is_xl
+
+log = logging.getLogger(__name__)
+
+UNetCall = Callable[..., torch.Tensor]  # (sample, timestep, encoder_hidden_states, added) -> noise
+
+
+def bucket_for(rows: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds `rows` (compiled graphs exist for bucket sizes only);
+    past the largest bucket, rows itself."""
+    return next((size for size in sorted(buckets) if size >= rows), rows)
+
+
+class DenoiseLoop:
+    def __init__(
+        self,
+        base: DiffusionPipeline,
+        vae: Any = None,
+        *,
+        stats: EngineStats | None = None,
+        unet: UNetCall | None = None,
+        buckets: Sequence[int] = (),
+        max_rows: int | None = None,
+    ) -> None:
+        """`unet` replaces base.unet for the forward (a torch.compile'd one, say); `buckets`
+        then pads each forward's rows to a bucket size so its compiled graphs are reused."""
+        self.base = base
+        self.vae = vae if vae is not None else base.vae
+        self.xl = is_xl(base)
+        self.stats = stats or EngineStats()
+        self._unet = unet or base.unet
+        self.buckets = tuple(buckets)
+        self.max_rows = max_rows  # rows per UNet call; lowered after running out of memory
+        self.members: list[Member] = []
+
+    @property
+    def images(self) -> int:
+        return sum(member.images for member in self.members)
+
+    def add(self, member: Member) -> None:
+        self.members.append(member)
+
+    def remove(self, member: Member) -> None:
+        self.members.remove(member)
+
+    def step(self) -> list[tuple[Member, torch.Tensor]]:
+        """Advance every member one step. Returns the members that finished, each with its
+        images denormalised to [0, 1] on the CPU (they are no longer in the loop)."""
+        if not self.members:
+            return []
+        noise = self._noise(self.members)
+        for member in self.members:
+            member.latents = member.scheduler.step(
+                noise[member],
+                member.timestep,
+                member.latents,
+                **member.extra_step,
+                return_dict=False,
+            )[0]
+            member.position += 1
+        finished = [member for member in self.members if member.done]
+        if not finished:
+            return []
+        self.members = [member for member in self.members if not member.done]
+        return self._decode(finished)
+
+    # --- the batched forward ---
+
+    def _noise(self, members: list[Member]) -> dict[Member, torch.Tensor]:
+        """Each member's guided noise prediction, from as few UNet calls as shapes allow."""
+        groups: dict[tuple[Any, ...], list[Member]] = defaultdict(list)
+        for member in members:
+            groups[(tuple(member.embeds.shape[1:]), member.added is None)].append(member)
+        out: dict[Member, torch.Tensor] = {}
+        for group in groups.values():
+            samples, timesteps = [], []
+            for member in group:
+                t = member.timestep
+                sample = torch.cat([member.latents] * 2) if member.cfg else member.latents
+                samples.append(member.scheduler.scale_model_input(sample, t))
+                timesteps.append(t.reshape(1).to(torch.float32).expand(member.rows))
+            embeds = torch.cat([member.embeds for member in group])
+            added = None
+            if group[0].added is not None:
+                added = {
+                    name: torch.cat([member.added[name] for member in group])  # type: ignore[index]
+                    for name in group[0].added
+                }
+            predicted = self._forward(torch.cat(samples), torch.cat(timesteps), embeds, added)
+            self.stats.record_forward(sum(member.images for member in group))
+            offset = 0
+            for member in group:
+                rows = predicted[offset : offset + member.rows]
+                offset += member.rows
+                if member.cfg:
+                    uncond, text = rows.chunk(2)
+                    rows = uncond + member.job.guidance_scale * (text - uncond)
+                out[member] = rows
+        return out
+
+    def _forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        embeds: torch.Tensor,
+        added: dict[str, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """The UNet over all rows, in pieces of at most max_rows; halved on out-of-memory."""
+        rows = sample.shape[0]
+        while True:
+            limit = min(self.max_rows or rows, rows)
+            try:
+                pieces = [
+                    self._call(
+                        sample[i : i + limit],
+                        timestep[i : i + limit],
+                        embeds[i : i + limit],
+                        None if added is None else {k: v[i : i + limit] for k, v in added.items()},
+                    )
+                    for i in range(0, rows, limit)
+                ]
+                return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+            except torch.OutOfMemoryError:
+                if limit == 1:
+                    raise
+                self.max_rows = limit // 2
+                self.stats.count("oom_splits")
+                log.warning("out of memory at %d rows: retrying in pieces of %d", limit, limit // 2)
+                _free_cache(sample.device)
+
+    def _call(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        embeds: torch.Tensor,
+        added: dict[str, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        rows = sample.shape[0]
+        size = bucket_for(rows, self.buckets) if self.buckets else rows
+        if size > rows:  # pad with copies of the first row; their outputs are dropped
+            sample, timestep, embeds = (_pad(x, size) for x in (sample, timestep, embeds))
+            added = None if added is None else {k: _pad(v, size) for k, v in added.items()}
+        out = self._unet(
+            sample,
+            timestep,
+            encoder_hidden_states=embeds,
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0]
+        return out[:rows]
+
+    # --- leaving the loop ---
+
+    def _decode(self, finished: list[Member]) -> list[tuple[Member, torch.Tensor]]:
+        """Finished members' images, decoded in one VAE batch (in halves on out-of-memory)."""
+        latents = torch.cat([member.latents for member in finished])
+        count = latents.shape[0]
+        limit = count
+        while True:
+            try:
+                pieces = [
+                    decode(self.vae, latents[i : i + limit], self.xl)
+                    for i in range(0, count, limit)
+                ]
+                break
+            except torch.OutOfMemoryError:
+                if limit == 1:
+                    raise
+                limit //= 2
+                self.stats.count("oom_splits")
+                _free_cache(latents.device)
+        images = denormalized(self.base.image_processor, torch.cat(pieces)).cpu()
+        out, offset = [], 0
+        for member in finished:
+            out.append((member, images[offset : offset + member.images]))
+            offset += member.images
+        return out
+
+
+def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
+    return torch.cat([x, x[:1].expand(size - x.shape[0], *x.shape[1:])])
+
+
+def _free_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
