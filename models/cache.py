@@ -1,8 +1,8 @@
 """Loaded checkpoints kept per device, least recently used evicted first.
 
 Only the device's worker thread touches its cache (diffusers pipelines are not thread-safe), so
-it needs no lock. The bound is a count of checkpoints for now; the batching issue turns it into a
-memory budget.
+it needs no lock. The bound is a count of checkpoints. On CUDA the UNet and VAE are put in
+channels_last memory format once at load: convolutions run faster that way in half precision.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ class PipelineCache:
         self._vaes: dict[tuple[str, Architecture], AutoencoderKL] = {}
         self._components: OrderedDict[Hashable, Any] = OrderedDict()
 
+    def holds(self, code: str) -> bool:
+        """Whether the checkpoint `code` is loaded here (the engine's model affinity)."""
+        return any(loaded == code for _kind, loaded in self._loaded)
+
     def get(self, spec: ModelSpec) -> DiffusionPipeline:
         key = (spec.kind.value, spec.code)
         pipe = self._loaded.get(key)
@@ -65,6 +69,8 @@ class PipelineCache:
             allow_pickle=self.allow_pickle,
             cache_dir=self.cache_dir,
         )
+        if self.device.startswith("cuda"):
+            _channels_last(pipe)
         self._loaded[key] = pipe
         return pipe
 
@@ -97,3 +103,10 @@ class PipelineCache:
         while len(self._components) > keep:
             self._components.popitem(last=False)
         return value
+
+
+def _channels_last(pipe: DiffusionPipeline) -> None:
+    for name in ("unet", "vae"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.to(memory_format=torch.channels_last)

@@ -56,7 +56,7 @@ class DenoiseLoop:
         self.vae = vae if vae is not None else base.vae
         self.xl = is_xl(base)
         self.stats = stats or EngineStats()
-        self._unet = unet or base.unet
+        self._unet = unet if unet is not None else base.unet
         self.buckets = tuple(buckets)
         self.max_rows = max_rows  # rows per UNet call; lowered after running out of memory
         self.members: list[Member] = []
@@ -91,6 +91,29 @@ class DenoiseLoop:
             return []
         self.members = [member for member in self.members if not member.done]
         return self._decode(finished)
+
+    def warm_up(self, width: int, height: int, max_rows: int) -> list[int]:
+        """Run the UNet once at every bucket size up to max_rows for this image size, so a
+        compiled UNet builds its graphs before clients wait on them. Returns the sizes run."""
+        config = self.base.unet.config
+        unet = self.base.unet
+        tokens = 77  # CLIP's context: what plain prompts give
+        sizes = [size for size in self.buckets if size <= bucket_for(max_rows, self.buckets)]
+        scale = self.base.vae_scale_factor
+        for rows in sizes:
+            like = {"device": unet.device, "dtype": unet.dtype}
+            sample = torch.zeros(rows, config.in_channels, height // scale, width // scale, **like)
+            embeds = torch.zeros(rows, tokens, config.cross_attention_dim, **like)
+            added = None
+            if self.xl:
+                pooled = self.base.text_encoder_2.config.projection_dim
+                added = {
+                    "text_embeds": torch.zeros(rows, pooled, **like),
+                    "time_ids": torch.zeros(rows, 6, **like),
+                }
+            timestep = torch.full((rows,), 999.0, device=unet.device)
+            self._call(sample, timestep, embeds, added)
+        return sizes
 
     # --- the batched forward ---
 

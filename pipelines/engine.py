@@ -1,15 +1,18 @@
 """The engine front ends talk to: submit a job, get a handle; list and resolve models.
 
-Admission is a bounded queue (full -> JobError BUSY at once). One worker thread per device takes
-jobs from it; this issue's workers run one job at a time (the batching issue replaces the queue
-with a batch former behind the same interface).
+Admission is the batch former (pipelines.batching.former): bounded (full -> JobError BUSY at
+once), priority and owner-fair, grouping jobs by batch key. One worker thread per device takes
+batches from it (preferring models it has loaded) and runs them: plain txt2img / img2img in the
+continuous denoising loop, other kinds as one batched pipeline call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,6 +20,10 @@ from models.cache import PipelineCache
 from models.catalogue import Catalogue, ModelKind, ModelSpec, UnknownModelError
 from models.manifest import ManifestError
 from models.registry import build_catalogue
+from pipelines.batching.budget import MemoryBudget, cuda_activation_budget
+from pipelines.batching.former import BatchFormer, BatchPolicy
+from pipelines.batching.keys import BatchKey, BatchMode, batch_key
+from pipelines.batching.stats import EngineStats
 from pipelines.handle import JobHandle
 from pipelines.jobs import (
     ErrorCode,
@@ -29,11 +36,11 @@ from pipelines.jobs import (
     PreprocessorInfo,
 )
 from pipelines.preprocessors import list_preprocessors
-from pipelines.queue import JobQueue, QueueFull
+from pipelines.queue import QueueFull
 from pipelines.runners import preprocess as preprocess_runner
 from pipelines.runners import refiner
 from pipelines.samplers import is_known_sampler
-from pipelines.worker import DeviceWorker, default_dtype, detect_devices
+from pipelines.worker import DeviceWorker, WorkerParts, default_dtype, detect_devices
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,16 @@ class EngineConfig:
     cache_dir: Path | None = None  # derived files (tokenizers) live here
     models_dir: Path | None = None  # preprocessor weights are looked up under it
     allow_pickle: bool = False
+    max_batch_images: int | None = None  # images per batch; None: 16 on the CPU, 64 on GPUs
+    batch_window: float = 0.01  # seconds a partly filled batch may wait for more jobs
+    compile: bool = False  # torch.compile the UNet (batch sizes padded to COMPILE_BUCKETS)
+    dtype: str = "auto"  # "auto", "fp16", "bf16" or "fp32" (pipelines.worker.DTYPES)
+    # GPU memory kept for weights (checkpoint, ControlNets, adapters) when sizing batches
+    weights_reserve_bytes: int = 12 * 1024**3
+
+
+COMPILE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+HANDBACK_THREADS = 2  # PIL conversion of finished images, off the GPU threads
 
 
 def model_info(spec: ModelSpec) -> ModelInfo:
@@ -71,10 +88,34 @@ class Engine:
         self.catalogue = catalogue
         self.config = config or EngineConfig()
         self.devices = list(self.config.devices or detect_devices())
-        self._queue: JobQueue[JobHandle] = JobQueue(self.config.max_queue)
+        self.stats = EngineStats()
+        self.budget = self._budget()
+        self._former: BatchFormer[JobHandle] = BatchFormer(
+            BatchPolicy(capacity=self.config.max_queue, window=self.config.batch_window),
+            self.max_images,
+        )
         self._handles: dict[str, JobHandle] = {}
         self._workers: list[DeviceWorker] = []
+        self._handback: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _budget(self) -> MemoryBudget:
+        """How many images one batch may hold: a hard cap, and on GPUs what the smallest
+        device's memory leaves for activations once weights are reserved."""
+        gpus = [device for device in self.devices if device.startswith("cuda")]
+        cap = self.config.max_batch_images or (64 if gpus else 16)
+        if not gpus:
+            return MemoryBudget(max_images=cap)
+        import torch
+
+        smallest = min(torch.cuda.get_device_properties(d).total_memory for d in gpus)
+        activations = cuda_activation_budget(smallest, self.config.weights_reserve_bytes)
+        return MemoryBudget(max_images=cap, activation_bytes=activations)
+
+    def max_images(self, key: Hashable) -> int:
+        if not isinstance(key, BatchKey) or key.mode is BatchMode.SINGLE:
+            return 1
+        return self.budget.max_images_for(key.architecture, key.width, key.height)
 
     @classmethod
     def open(
@@ -102,17 +143,25 @@ class Engine:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._handback = ThreadPoolExecutor(HANDBACK_THREADS, thread_name_prefix="easel-handback")
+        parts = WorkerParts(
+            former=self._former,
+            max_images=self.max_images,
+            catalogue=self.catalogue,
+            stats=self.stats,
+            handback=self._handback,
+            models_dir=self.config.models_dir,
+            compile_buckets=COMPILE_BUCKETS if self.config.compile else (),
+        )
         for device in self.devices:
             cache = PipelineCache(
                 device,
-                default_dtype(device),
+                default_dtype(device, self.config.dtype),
                 max_models=self.config.max_models_per_device,
                 cache_dir=self.config.cache_dir,
                 allow_pickle=self.config.allow_pickle,
             )
-            worker = DeviceWorker(
-                device, self._queue, self.catalogue, cache, self.config.models_dir
-            )
+            worker = DeviceWorker(device, cache, parts)
             worker.start()
             self._workers.append(worker)
         log.info("engine started on %s", ", ".join(self.devices))
@@ -120,15 +169,18 @@ class Engine:
     async def stop(self) -> None:
         """Stop taking jobs; running jobs are asked to stop; waiting ones end as interrupted."""
         shutdown = JobError(ErrorCode.INTERRUPTED, "the server shut down before the task finished")
-        for handle in self._queue.close():
+        for handle in self._former.close():
             handle.fail(shutdown)
         for worker in self._workers:
             worker.stop()
-            if worker.current is not None:
-                worker.current.cancel(shutdown)
+            for handle in worker.running():
+                handle.cancel(shutdown)
         for worker in self._workers:
             await asyncio.to_thread(worker.join, 30)
         self._workers.clear()
+        if self._handback is not None:
+            await asyncio.to_thread(self._handback.shutdown, wait=True)
+            self._handback = None
 
     # --- jobs ---
 
@@ -136,21 +188,34 @@ class Engine:
         """Queue a job; JobError at once if it cannot run (unknown model, busy, ...)."""
         if self._loop is None:
             raise RuntimeError("the engine is not started")
+        started = time.perf_counter()
         if isinstance(job, PreprocessJob):
             preprocess_runner.validate(job, self.config.models_dir)
+            key = batch_key(job, job_id=job_id)
         else:
-            self._validate_generation(job)
+            model = self._validate_generation(job)
+            key = batch_key(job, job_id=job_id, model=model.code, architecture=model.architecture)
         handle = JobHandle(job_id, job, self._loop, self._cancel)
         try:
-            self._queue.put(job_id, handle, priority=job.priority)
+            self._former.put(
+                job_id,
+                handle,
+                batch_key=key,
+                owner=job.owner,
+                priority=job.priority,
+                images=job.num_images,
+            )
         except QueueFull as full:
             raise JobError(ErrorCode.BUSY, f"the server is busy: {full}") from None
         self._handles[job_id] = handle
+        self.stats.count("jobs_submitted")
         self._loop.create_task(self._forget_when_done(handle))
+        self.stats.record_overhead("admission", time.perf_counter() - started)
         return handle
 
-    def _validate_generation(self, job: GenerationJob) -> None:
-        self.resolve_model(job.model)
+    def _validate_generation(self, job: GenerationJob) -> ModelInfo:
+        """The job's checkpoint; JobError when the job cannot run."""
+        model = self.resolve_model(job.model)
         if job.sampler is not None and not is_known_sampler(job.sampler):
             raise JobError(ErrorCode.INVALID_INPUT, f"unknown sampler {job.sampler!r}")
         if job.kind is JobKind.IMG2IMG and job.init_image is None:
@@ -162,6 +227,7 @@ class Engine:
         if job.refiner is not None:
             self.resolve_model(job.refiner.model)
             refiner.check(job)
+        return model
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False if the engine does not hold it."""
@@ -172,15 +238,17 @@ class Engine:
         return True
 
     def _cancel(self, handle: JobHandle) -> None:
-        if self._queue.remove(handle.job_id) is not None:
+        if self._former.remove(handle.job_id) is not None:
             handle.fail_cancelled()
         # A running job sees cancel_requested at its next step boundary.
 
     async def _forget_when_done(self, handle: JobHandle) -> None:
         try:
-            await handle.result()
+            result = await handle.result()
+            self.stats.count("jobs_finished")
+            self.stats.count("images", len(result.images))
         except JobError:
-            pass
+            self.stats.count("jobs_failed")
         finally:
             self._handles.pop(handle.job_id, None)
 

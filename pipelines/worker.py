@@ -1,18 +1,39 @@
-"""A GPU worker: the one thread that touches its device and the pipelines loaded on it."""
+"""A GPU worker: the one thread that touches its device and the pipelines loaded on it.
+
+It takes batches from the batch former (pipelines.batching.former) and runs each by its mode:
+- STEP: the continuous denoising loop (pipelines.denoise_loop). After every step it asks the
+  former for waiting jobs with the same key that fit, prepares them and lets them in; cancelled
+  jobs leave at the step boundary; finished ones leave with their images.
+- REQUEST: one runner call for the whole batch (per-image lists); a batch that runs out of
+  memory is split in halves and retried.
+- SINGLE: the same, one job (preprocessing runs its annotator instead).
+Decoded images go to the hand-back pool, which converts them to PIL and settles the handles, so
+the GPU thread goes on with the next step meanwhile.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers import DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
 from PIL.Image import Image
 
 from models.cache import PipelineCache
 from models.catalogue import Catalogue, ModelKind, ModelSpec, UnknownModelError
 from models.loader import ModelLoadError
 from pipelines.adapters import adapted
+from pipelines.batching.former import BatchFormer
+from pipelines.batching.keys import BatchKey, BatchMode
+from pipelines.batching.stats import EngineStats
+from pipelines.denoise_loop import DenoiseLoop
 from pipelines.handle import JobHandle
 from pipelines.jobs import (
     ErrorCode,
@@ -24,7 +45,7 @@ from pipelines.jobs import (
     JobState,
     PreprocessJob,
 )
-from pipelines.queue import JobQueue
+from pipelines.loop_members import Member, prepare, to_images
 from pipelines.runners import RUNNERS
 from pipelines.runners import preprocess as preprocess_runner
 from pipelines.runners.common import Resources, RunContext, StepReporter
@@ -32,6 +53,23 @@ from pipelines.runners.common import Resources, RunContext, StepReporter
 log = logging.getLogger(__name__)
 
 MASKED_KINDS = frozenset({JobKind.INPAINT, JobKind.BACKGROUND})
+
+# Exceptions a job can end with, as the JobError its client sees (anything else: INTERNAL).
+FAILURES: dict[type[Exception], ErrorCode] = {
+    UnknownModelError: ErrorCode.UNKNOWN_MODEL,
+    ModelLoadError: ErrorCode.MODEL_UNAVAILABLE,
+    torch.OutOfMemoryError: ErrorCode.OUT_OF_MEMORY,
+}
+
+
+def as_job_error(error: Exception) -> JobError:
+    if isinstance(error, JobError):
+        return error
+    for kind, code in FAILURES.items():
+        if isinstance(error, kind):
+            message = "the device ran out of memory" if code is ErrorCode.OUT_OF_MEMORY else None
+            return JobError(code, message or str(error))
+    return JobError(ErrorCode.INTERNAL, f"internal error: {type(error).__name__}")
 
 
 def detect_devices() -> list[str]:
@@ -41,82 +79,262 @@ def detect_devices() -> list[str]:
     return ["cpu"]
 
 
-def default_dtype(device: str) -> torch.dtype:
+# --dtype names -> torch dtypes; "auto" is fp16 on GPUs (what diffusers users run) and fp32 on
+# the CPU (half precision is slow or missing there). bf16 suits GPUs that have it and models whose
+# activations overflow fp16; an SDXL VAE decodes in fp32 under fp16 either way (force_upcast).
+DTYPES: dict[str, torch.dtype] = {
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp32": torch.float32,
+}
+
+
+def default_dtype(device: str, name: str = "auto") -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
     return torch.float16 if device.startswith("cuda") else torch.float32
 
 
+@dataclass(frozen=True)
+class WorkerParts:
+    """What every worker of an engine shares."""
+
+    former: BatchFormer[JobHandle]
+    max_images: Callable[[Hashable], int]  # images per batch for a key (the memory budget)
+    catalogue: Catalogue
+    stats: EngineStats
+    handback: Executor  # PIL conversion and settling, off the GPU thread
+    models_dir: Path | None = None
+    compile_buckets: tuple[int, ...] = ()  # non-empty: the loop's UNet is torch.compile'd
+
+
 class DeviceWorker(threading.Thread):
-    def __init__(
-        self,
-        device: str,
-        queue: JobQueue[JobHandle],
-        catalogue: Catalogue,
-        cache: PipelineCache,
-        models_dir: Path | None = None,
-    ) -> None:
+    def __init__(self, device: str, cache: PipelineCache, parts: WorkerParts) -> None:
         super().__init__(name=f"easel-worker-{device}", daemon=True)
         self.device = device
-        self.queue = queue
-        self.catalogue = catalogue
         self.cache = cache
-        self.resources = Resources(catalogue, cache, models_dir)
-        self.current: JobHandle | None = None
+        self.parts = parts
+        self.catalogue = parts.catalogue
+        self.resources = Resources(parts.catalogue, cache, parts.models_dir)
+        self._running: set[JobHandle] = set()  # jobs on this worker now (the engine may cancel)
+        self._running_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._compiled: dict[int, object] = {}
+        self._warmed: set[tuple[int, int, int]] = set()
 
     def stop(self) -> None:
         self._stopping.set()
 
+    def running(self) -> list[JobHandle]:
+        """The jobs this worker holds now (taken from the former, not yet settled)."""
+        with self._running_lock:
+            return list(self._running)
+
+    def _track(self, handles: Sequence[JobHandle]) -> None:
+        with self._running_lock:
+            self._running.update(handles)
+
+    def _untrack(self, handle: JobHandle) -> None:
+        with self._running_lock:
+            self._running.discard(handle)
+
     def run(self) -> None:
         while not self._stopping.is_set():
-            handle = self.queue.take(timeout=0.2)
-            if handle is None:
+            batch = self.parts.former.take(timeout=0.2, prefer=self._holds)
+            if batch is None:
                 continue
-            self.current = handle
+            live = [handle for handle in batch.items if not _dropped_if_cancelled(handle)]
+            if not live:
+                continue
+            self._track(live)  # from here on a shutdown cancels them
+            key = batch.key
+            assert isinstance(key, BatchKey)
             try:
-                self._run_one(handle)
+                if key.mode is BatchMode.STEP:
+                    self._run_loop(key, live)
+                else:
+                    self._run_request(live)
+            except Exception as error:  # e.g. an adapter refusing the batch's sub-models
+                self._fail(self.running(), error)
             finally:
-                self.current = None
+                with self._running_lock:
+                    self._running.clear()
 
-    def _run_one(self, handle: JobHandle) -> None:
-        job = handle.job
-        if handle.cancel_requested:
-            handle.fail_cancelled()
-            return
-        handle.report(JobProgress(JobState.RUNNING, 0, job.steps))
+    def _holds(self, key: Hashable) -> bool:
+        """Affinity: this worker has the key's checkpoint loaded."""
+        return isinstance(key, BatchKey) and self.cache.holds(key.model)
+
+    # --- STEP: the continuous loop ---
+
+    def _run_loop(self, key: BatchKey, handles: list[JobHandle]) -> None:
+        first = handles[0].job
+        assert isinstance(first, GenerationJob)
         try:
-            if isinstance(job, PreprocessJob):
-                images = self._preprocess(handle, job)
-            else:
-                images = self._generate(handle, job)
-            handle.finish(JobResult(tuple(images), job.seeds))
-        except JobError as error:
-            handle.fail(error)
-        except UnknownModelError as error:
-            handle.fail(JobError(ErrorCode.UNKNOWN_MODEL, str(error)))
-        except ModelLoadError as error:
-            handle.fail(JobError(ErrorCode.MODEL_UNAVAILABLE, str(error)))
-        except torch.OutOfMemoryError:
-            log.exception("job %s ran out of memory on %s", handle.job_id, self.device)
-            handle.fail(JobError(ErrorCode.OUT_OF_MEMORY, "the device ran out of memory"))
-        except Exception as error:  # a bug or a broken model must not kill the worker
-            log.exception("job %s failed", handle.job_id)
-            handle.fail(JobError(ErrorCode.INTERNAL, f"internal error: {type(error).__name__}"))
+            pipe, context = self._load(first, _silent_reporter)
+        except Exception as error:  # a job's failure, never the worker's
+            self._fail(handles, error)
+            return
+        loop = DenoiseLoop(
+            pipe,
+            context.vae,
+            stats=self.parts.stats,
+            unet=self._compiled_unet(pipe),
+            buckets=self.parts.compile_buckets,
+        )
+        processor = pipe.image_processor
+        with torch.inference_mode(), adapted(pipe, first, context):
+            self._warm_up(loop, key)
+            self._admit(loop, pipe, context, handles, processor)
+            while loop.members:
+                try:
+                    finished = loop.step()
+                except Exception as error:  # a job's failure, never the worker's
+                    log.exception("a batched step failed on %s", self.device)
+                    self._fail([m.owner for m in loop.members], error)
+                    loop.members.clear()
+                    break
+                for member, images in finished:
+                    self._hand_back(member.owner, processor, images, member.job.seeds)
+                for member in list(loop.members):
+                    handle: JobHandle = member.owner
+                    if _dropped_if_cancelled(handle):
+                        loop.remove(member)
+                        self._untrack(handle)
+                    else:
+                        handle.report(JobProgress(JobState.RUNNING, member.position, member.total))
+                room = self.parts.max_images(key) - loop.images
+                if room > 0 and not self._stopping.is_set():
+                    started = time.perf_counter()
+                    joiners = self.parts.former.join(key, room)
+                    if joiners:
+                        self._track(joiners)
+                        self.parts.stats.record_overhead("forming", time.perf_counter() - started)
+                        self.parts.stats.count("joins", len(joiners))
+                        self._admit(loop, pipe, context, joiners, processor)
 
-    def _generate(self, handle: JobHandle, job: GenerationJob) -> list[Image]:
-        """A generation: its checkpoint loaded (cached), adapted for this job only, run."""
+    def _admit(
+        self,
+        loop: DenoiseLoop,
+        pipe: DiffusionPipeline,
+        context: RunContext,
+        handles: Sequence[JobHandle],
+        processor: VaeImageProcessor,
+    ) -> None:
+        """Prepare jobs and let them into the loop; one job's bad input fails that job only."""
+        for handle in handles:
+            if _dropped_if_cancelled(handle):
+                continue
+            job = handle.job
+            assert isinstance(job, GenerationJob)
+            try:
+                prepared = prepare(pipe, job, context.vae)
+            except Exception as error:  # a job's failure, never the worker's
+                self._fail([handle], error)
+                continue
+            if isinstance(prepared, Member):
+                prepared.owner = handle
+                handle.report(JobProgress(JobState.RUNNING, 0, prepared.total))
+                loop.add(prepared)
+            else:  # nothing to denoise: its images are ready
+                handle.report(JobProgress(JobState.RUNNING, 0, 0))
+                self._settle(handle, prepared)
+
+    def _warm_up(self, loop: DenoiseLoop, key: BatchKey) -> None:
+        """With torch.compile: build the graphs of every bucket size for this checkpoint and
+        size once, before the first batch of that size waits on them."""
+        if not self.parts.compile_buckets:
+            return
+        marker = (id(loop.base.unet), key.width, key.height)
+        if marker in self._warmed:
+            return
+        rows = 2 * self.parts.max_images(key)  # CFG doubles the rows
+        started = time.perf_counter()
+        sizes = loop.warm_up(key.width, key.height, rows)
+        self._warmed.add(marker)
+        log.info(
+            "compiled UNet warmed up for %dx%d at %s rows in %.1f s",
+            key.width,
+            key.height,
+            sizes,
+            time.perf_counter() - started,
+        )
+
+    def _compiled_unet(self, pipe: DiffusionPipeline) -> object | None:
+        """The checkpoint's UNet under torch.compile (built once per loaded UNet), when the
+        engine compiles; its graphs are per bucket size, warmed up by their first batches."""
+        if not self.parts.compile_buckets:
+            return None
+        key = id(pipe.unet)
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(pipe.unet, dynamic=False)
+        return self._compiled[key]
+
+    # --- REQUEST / SINGLE: one runner call ---
+
+    def _run_request(self, handles: list[JobHandle]) -> None:
+        for handle in handles:
+            job = handle.job
+            handle.report(JobProgress(JobState.RUNNING, 0, job.steps))
+        try:
+            if isinstance(handles[0].job, PreprocessJob):
+                (handle,) = handles
+                context = RunContext(self._step_reporter([handle]), resources=self.resources)
+                with torch.inference_mode():
+                    self._settle(handle, preprocess_runner.run(handle.job, context))
+                return
+            self._generate_split(handles)
+        except Exception as error:  # a job's failure, never the worker's
+            self._fail(handles, error)
+
+    def _generate_split(self, handles: list[JobHandle]) -> None:
+        """The batch as one call; on out-of-memory, each half again (a lone job then fails)."""
+        live = [handle for handle in handles if not handle.done]
+        if not live:
+            return
+        try:
+            results = self._generate(live)
+        except JobError as error:
+            if len(live) == 1 or error.code is not ErrorCode.INVALID_INPUT:
+                raise
+            # One job's bad input (found at run time) must not fail the others: each alone.
+            for handle in live:
+                self._run_request([handle])
+            return
+        except torch.OutOfMemoryError:
+            if len(live) == 1:
+                raise
+            self.parts.stats.count("oom_splits")
+            log.warning("a batch of %d jobs ran out of memory: splitting it", len(live))
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            half = len(live) // 2
+            self._generate_split(live[:half])
+            self._generate_split(live[half:])
+            return
+        for handle, images in zip(live, results, strict=True):
+            if not handle.done:
+                self._settle(handle, images)
+
+    def _generate(self, handles: list[JobHandle]) -> list[list[Image]]:
+        """Jobs with one REQUEST key: their checkpoint (cached), adapted for them, one call."""
+        jobs = [handle.job for handle in handles]
+        first = jobs[0]
+        assert isinstance(first, GenerationJob)
+        reporter = self._step_reporter(handles, images=sum(job.num_images for job in jobs))
+        pipe, context = self._load(first, reporter)
+        with torch.inference_mode(), adapted(pipe, first, context):
+            return RUNNERS[first.kind](pipe, jobs, context)  # type: ignore[arg-type]
+
+    # --- shared ---
+
+    def _load(
+        self, job: GenerationJob, reporter: StepReporter
+    ) -> tuple[DiffusionPipeline, RunContext]:
         spec = self._checkpoint(job)
         pipe = self.cache.get(spec)
         vae_spec = self._vae(job, spec)
         vae = None if vae_spec is None else self.cache.get_vae(vae_spec, spec.architecture)
-        context = RunContext(self._step_reporter(handle), vae, self.resources)
-        with torch.inference_mode(), adapted(pipe, job, context):
-            return RUNNERS[job.kind](pipe, job, context)
-
-    def _preprocess(self, handle: JobHandle, job: PreprocessJob) -> list[Image]:
-        """A standalone control map: no checkpoint, only the annotator (on this device)."""
-        context = RunContext(self._step_reporter(handle), resources=self.resources)
-        with torch.inference_mode():
-            return preprocess_runner.run(job, context)
+        return pipe, RunContext(reporter, vae, self.resources)
 
     def _checkpoint(self, job: GenerationJob) -> ModelSpec:
         """The job's checkpoint; for masked redraws, its inpainting variant when installed."""
@@ -132,11 +350,66 @@ class DeviceWorker(threading.Thread):
             return self.catalogue.resolve(job.vae, ModelKind.VAE)
         return None if job.use_model_vae else self.catalogue.default_vae(checkpoint.architecture)
 
-    @staticmethod
-    def _step_reporter(handle: JobHandle) -> StepReporter:
+    def _step_reporter(self, handles: list[JobHandle], images: int = 0) -> StepReporter:
+        """Progress for every job of a runner call. A cancelled job fails at once and is left
+        out (the call goes on for the others); when none is left the call stops."""
+
         def report(step: int, total: int) -> None:
-            if handle.cancel_requested:
-                raise handle.cancel_reason
-            handle.report(JobProgress(JobState.RUNNING, step, total))
+            live = [h for h in handles if not h.done and not _dropped_if_cancelled(h)]
+            if not live:
+                raise handles[0].cancel_reason
+            if total and images:
+                self.parts.stats.record_forward(images)
+            for handle in live:
+                handle.report(JobProgress(JobState.RUNNING, step, total))
 
         return report
+
+    def _hand_back(
+        self,
+        handle: JobHandle,
+        processor: VaeImageProcessor,
+        images: torch.Tensor,
+        seeds: tuple[int, ...],
+    ) -> None:
+        """PIL conversion and settling in the hand-back pool: the GPU thread goes on."""
+        self._untrack(handle)
+
+        def finish() -> None:
+            started = time.perf_counter()
+            try:
+                pictures = to_images(processor, images)
+            except Exception as error:  # a job's failure, never the worker's
+                self._fail([handle], error)
+                return
+            handle.finish(JobResult(tuple(pictures), seeds))
+            self.parts.stats.record_overhead("handback", time.perf_counter() - started)
+
+        self.parts.handback.submit(finish)
+
+    def _settle(self, handle: JobHandle, images: Sequence[Image]) -> None:
+        self._untrack(handle)
+        handle.finish(JobResult(tuple(images), handle.job.seeds))
+
+    def _fail(self, handles: Sequence[JobHandle], error: Exception) -> None:
+        failure = as_job_error(error)
+        if failure.code is ErrorCode.INTERNAL:
+            log.error("jobs %s failed", [h.job_id for h in handles], exc_info=error)
+        for handle in handles:
+            self._untrack(handle)
+            if not handle.done:
+                handle.fail(failure)
+
+
+def _dropped_if_cancelled(handle: JobHandle) -> bool:
+    """Fail a job whose cancel was requested (at a step boundary); True if it is out."""
+    if handle.done:
+        return True
+    if handle.cancel_requested:
+        handle.fail_cancelled()
+        return True
+    return False
+
+
+def _silent_reporter(step: int, total: int) -> None:
+    """The loop reports per member itself; the RunContext's reporter is unused there."""

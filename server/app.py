@@ -68,7 +68,7 @@ def build_app(settings: Settings, engine: Engine, keys: KeyStore | None = None) 
         engine,
         store,
         results,
-        TaskTracker(store, results),
+        TaskTracker(store, results, engine.stats),
         keys or KeyStore(),
         outbound,
     )
@@ -108,6 +108,11 @@ def build_app(settings: Settings, engine: Engine, keys: KeyStore | None = None) 
         if path is None or path.suffix != f".{extension}":
             return JSONResponse({"error": "image not found"}, status_code=404)
         return FileResponse(path, media_type=MEDIA_TYPES[ImageFormat(extension)])
+
+    @app.get("/engine/stats", tags=["health"])
+    async def engine_stats() -> dict[str, object]:
+        """The engine's own measurements: batch sizes, joins, overhead per job (benchmarks)."""
+        return engine.stats.snapshot()
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

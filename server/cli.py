@@ -109,6 +109,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="jobs waiting beyond this are refused as busy (EASEL_MAX_QUEUE)",
     )
     serve.add_argument(
+        "--max-batch-images",
+        type=int,
+        default=int(_env("MAX_BATCH_IMAGES", "0") or 0) or None,
+        help="most images one batched forward may hold (EASEL_MAX_BATCH_IMAGES; default 16 on "
+        "the CPU, 64 on a GPU, lowered by the GPU's memory)",
+    )
+    serve.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=float(_env("BATCH_WINDOW_MS", "10") or 10),
+        help="how long a partly filled batch waits for more jobs (EASEL_BATCH_WINDOW_MS)",
+    )
+    serve.add_argument(
+        "--compile",
+        action="store_true",
+        default=_env_flag("COMPILE"),
+        help="torch.compile the UNet, batch sizes padded to powers of two; the first batch of "
+        "each size compiles (EASEL_COMPILE=1)",
+    )
+    serve.add_argument(
+        "--dtype",
+        choices=("auto", "fp16", "bf16", "fp32"),
+        default=_env("DTYPE", "auto"),
+        help="precision of weights and activations (EASEL_DTYPE; auto: fp16 on GPUs, fp32 on "
+        "the CPU)",
+    )
+    serve.add_argument(
         "--devices",
         default=_env("DEVICES", ""),
         help="comma-separated torch devices, e.g. cuda:0,cuda:1 (EASEL_DEVICES; "
@@ -140,6 +167,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         insecure=args.insecure,
         allow_pickle=args.allow_pickle,
         max_queue=args.max_queue,
+        max_batch_images=args.max_batch_images,
+        batch_window_ms=args.batch_window_ms,
+        compile=args.compile,
+        dtype=args.dtype,
         devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()),
         url_allow=_url_networks(args),
     )
@@ -148,6 +179,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def open_engine(settings: Settings) -> Engine:
     config = EngineConfig(
         max_queue=settings.max_queue,
+        max_batch_images=settings.max_batch_images,
+        batch_window=settings.batch_window_ms / 1000,
+        compile=settings.compile,
+        dtype=settings.dtype,
         devices=settings.devices or None,
         allow_pickle=settings.allow_pickle,
     )

@@ -18,6 +18,10 @@ class Settings:
     insecure: bool = False  # serve without keys on a non-loopback address
     allow_pickle: bool = False  # load .ckpt/.pt/.bin checkpoints (they can run code)
     max_queue: int = 64
+    max_batch_images: int | None = None  # images per batch; None: the engine's default
+    batch_window_ms: float = 10.0  # how long a partly filled batch may wait for more jobs
+    compile: bool = False  # torch.compile the UNet (GPU; slow first batches per size)
+    dtype: str = "auto"  # model weights and activations: auto (fp16 on GPUs), fp16, bf16, fp32
     retention_hours: float = 24.0  # results and task records are swept after this
     devices: tuple[str, ...] = ()  # empty: every CUDA device, else the CPU
     # networks (CIDR) that client-given URLs may reach although private/loopback/link-local

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
+from PIL.Image import Image
+
+from pipelines.batching.stats import EngineStats
 from pipelines.handle import JobHandle
 from pipelines.jobs import ErrorCode, JobError, JobProgress, JobState
 from server.results import PNG, Encoding, ResultStore
@@ -20,9 +24,12 @@ _PROGRESS_STEP = 0.01  # store progress changes of at least 1%
 
 
 class TaskTracker:
-    def __init__(self, store: TaskStore, results: ResultStore) -> None:
+    def __init__(
+        self, store: TaskStore, results: ResultStore, stats: EngineStats | None = None
+    ) -> None:
         self.store = store
         self.results = results
+        self.stats = stats  # encoding + storing time counts as engine overhead per job
         self._followers: set[asyncio.Task[None]] = set()
 
     def follow(
@@ -58,15 +65,20 @@ class TaskTracker:
             self.store.fail(task_id, error.code.value, error.message)
             return
         try:
-            image_ids = await asyncio.to_thread(
-                lambda: [self.results.save(image, encoding) for image in result.images]
-            )
+            image_ids = await asyncio.to_thread(self._save, result.images, encoding)
         except OSError as error:
             log.exception("task %s: cannot write its images", task_id)
             self.store.fail(task_id, ErrorCode.INTERNAL.value, f"cannot store images: {error}")
             return
         self.store.finish(task_id, image_ids, [])
         log.info("task %s finished with %d image(s)", task_id, len(image_ids))
+
+    def _save(self, images: tuple[Image, ...], encoding: Encoding) -> list[str]:
+        started = time.perf_counter()
+        image_ids = [self.results.save(image, encoding) for image in images]
+        if self.stats is not None:
+            self.stats.record_overhead("encode_store", time.perf_counter() - started)
+        return image_ids
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Let followers write what their jobs produced (at shutdown, after the engine stops)."""

@@ -12,10 +12,15 @@ Deep fusion adds a harmonisation pass: the inpaint pipeline again, over that com
 low strength HARMONISE_STRENGTH, with the background mask grown HARMONISE_BAND pixels into the
 foreground so the model repaints across the seam, then the foreground over it again. Progress
 counts the steps of both passes.
+
+A batch of jobs is one call per pass over all their images: each job's foreground, mask and
+start for its own images; the strength, and so the number of passes and steps, is shared.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from diffusers import DiffusionPipeline
@@ -32,7 +37,15 @@ from pipelines.masking import (
     dilate,
     rgba_foreground,
 )
-from pipelines.runners.common import RunContext, StepReporter, make_scheduler
+from pipelines.runners.common import (
+    Group,
+    RunContext,
+    StepReporter,
+    check_batch,
+    make_scheduler,
+    per_image,
+    run_groups,
+)
 from pipelines.runners.inpaint import redraw
 
 # Deep fusion's second pass: low enough to keep the first pass's background, high enough to
@@ -41,7 +54,17 @@ HARMONISE_STRENGTH = 0.3
 HARMONISE_BAND = 4  # px the second pass's mask reaches into the foreground
 
 
-def run(base: DiffusionPipeline, job: GenerationJob, ctx: RunContext) -> list[Image]:
+@dataclass(frozen=True)
+class Scene:
+    """One job's inputs at its size: the fitted foreground, the background mask of each pass,
+    and the start image (the foreground over the reference background or grey)."""
+
+    foreground: Image
+    masks: tuple[Image, ...]
+    start: Image
+
+
+def scene(job: GenerationJob) -> Scene:
     if job.init_image is None:
         raise JobError(ErrorCode.INVALID_INPUT, "GenerateBackgrounds needs a foreground image")
     size = (job.width, job.height)
@@ -51,25 +74,41 @@ def run(base: DiffusionPipeline, job: GenerationJob, ctx: RunContext) -> list[Im
         under = fit_image(job.fill_image, *size, job.fill_resize_mode or job.resize_mode)
     else:
         under = PILImage.new("RGB", size, NEUTRAL_GREY)
-    passes = [(mask, job.strength)]
-    if job.deep_fusion:
-        passes.append((dilate(mask, HARMONISE_BAND), HARMONISE_STRENGTH))
-    counts = [_denoising_steps(base, job, strength) for _, strength in passes]
+    masks = (mask, dilate(mask, HARMONISE_BAND)) if job.deep_fusion else (mask,)
+    return Scene(foreground, masks, alpha_over(foreground, under))
+
+
+def run(
+    base: DiffusionPipeline, jobs: Sequence[GenerationJob], ctx: RunContext
+) -> list[list[Image]]:
+    job = check_batch(jobs)
+    scenes = [scene(each) for each in jobs]
+    strengths = (job.strength, HARMONISE_STRENGTH) if job.deep_fusion else (job.strength,)
+    counts = [_denoising_steps(base, job, strength) for strength in strengths]
     total = sum(counts)
-    images = [alpha_over(foreground, under)] * job.num_images
     if total == 0:  # no denoising step at this strength: the start is the answer
         ctx.report_step(0, 0)
+        return [[s.start] * each.num_images for each, s in zip(jobs, scenes, strict=True)]
+    controls = [prepare_controls(base, each, ctx) for each in jobs]
+
+    def call(group: Group, ctx: RunContext) -> list[Image]:
+        members = group.pick(scenes)
+        foregrounds = per_image(group.jobs, [s.foreground for s in members])
+        images = per_image(group.jobs, [s.start for s in members])
+        done = 0
+        for index, (strength, count) in enumerate(zip(strengths, counts, strict=True)):
+            if count == 0:
+                continue  # no denoising step at this strength: the pass would change nothing
+            masks = per_image(group.jobs, [s.masks[index] for s in members])
+            callback = _offset_callback(ctx.report_step, done, total)
+            redrawn = redraw(
+                base, group, ctx, group.pick(controls), images, masks, strength, **callback
+            )
+            images = [alpha_over(fg, image) for fg, image in zip(foregrounds, redrawn, strict=True)]
+            done += count
         return images
-    control = prepare_controls(base, job, ctx)
-    done = 0
-    for (pass_mask, strength), count in zip(passes, counts, strict=True):
-        if count == 0:
-            continue  # no denoising step at this strength: the pass would change nothing
-        callback = _offset_callback(ctx.report_step, done, total)
-        redrawn = redraw(base, job, ctx, control, images, pass_mask, strength, **callback)
-        images = [alpha_over(foreground, image) for image in redrawn]
-        done += count
-    return images
+
+    return run_groups(base, jobs, ctx, call)
 
 
 def _denoising_steps(base: DiffusionPipeline, job: GenerationJob, strength: float) -> int:

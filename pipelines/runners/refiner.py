@@ -25,7 +25,7 @@ Edge cases, each chosen so that no pass is asked for something it cannot do:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,13 @@ from PIL.Image import Image
 from models.catalogue import Architecture
 from pipelines.adapters.tiling import circular_padding
 from pipelines.jobs import ErrorCode, GenerationJob, JobError, JobKind, Refiner
-from pipelines.runners.common import RunContext, StepReporter, make_scheduler
+from pipelines.runners.common import (
+    RunContext,
+    StepReporter,
+    encoded_prompt,
+    make_scheduler,
+    rows_per_image,
+)
 
 # Job kind -> the denoising steps its call plans (the progress total before the hand-off).
 PLANNED_STEPS: dict[JobKind, Callable[[GenerationJob], int]] = {
@@ -53,11 +59,25 @@ REFINER_ARCHITECTURES: frozenset[Architecture] = frozenset(
 
 @dataclass(frozen=True)
 class Handoff:
-    """A job's refiner, ready: its img2img pipeline for this job, the job, the hand-off point."""
+    """A refiner, ready: its img2img pipeline, the jobs of the call, the hand-off point. The
+    jobs of a batch share the refiner and every setting it reads (from the first job); each
+    brings its own prompt and seeds. prepare() makes it for one job; a batched runner replaces
+    `jobs` with those of each call."""
 
     pipe: StableDiffusionXLImg2ImgPipeline
-    job: GenerationJob
+    jobs: tuple[GenerationJob, ...]
     start: float
+
+    @property
+    def job(self) -> GenerationJob:
+        """The job whose settings the calls take (the batch's shared ones)."""
+        return self.jobs[0]
+
+    def for_call(self, jobs: Sequence[GenerationJob]) -> Handoff:
+        """This hand-off for one call of a batch: its jobs, and a fresh scheduler so that no
+        state of an earlier call carries over."""
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        return Handoff(img2img_pipeline(self.pipe, scheduler, None), tuple(jobs), self.start)
 
 
 def check(job: GenerationJob) -> Refiner | None:
@@ -105,7 +125,7 @@ def prepare(base: DiffusionPipeline, job: GenerationJob, ctx: RunContext) -> Han
     if model is base:
         return None
     scheduler = make_scheduler(model.scheduler, job.sampler)
-    return Handoff(img2img_pipeline(model, scheduler, ctx.vae), job, refiner.start)
+    return Handoff(img2img_pipeline(model, scheduler, ctx.vae), (job,), refiner.start)
 
 
 def img2img_pipeline(
@@ -127,7 +147,8 @@ def img2img_pipeline(
 def run(
     pipe: DiffusionPipeline, args: dict[str, Any], handoff: Handoff | None, ctx: RunContext
 ) -> list[Image]:
-    """The job's diffusers call `pipe(**args)`; with a refiner, in two passes."""
+    """The diffusers call `pipe(**args)` (per-image lists for the handoff's jobs); with a
+    refiner, in two passes. The images come back in the call's order."""
     if handoff is None:
         return list(pipe(**args).images)
     job = handoff.job
@@ -152,16 +173,18 @@ def run(
 def refine(
     handoff: Handoff, ctx: RunContext, generator: Any, done: int, **image_args: Any
 ) -> list[Image]:
-    """The refiner's pass: the rest of the denoising, decoded to images."""
+    """The refiner's pass: the rest of the denoising, decoded to images. Each job's prompt is
+    encoded as plain text by the refiner's own text encoder, one row per image."""
     job, pipe = handoff.job, handoff.pipe
+    jobs = handoff.jobs
+    prompts = [encoded_prompt(pipe, j.prompt, j.negative_prompt) for j in jobs]
     models = (pipe.unet, pipe.vae) if job.tileable else ()
     with circular_padding(models):
         out = pipe(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
+            **rows_per_image(jobs, prompts),
             num_inference_steps=job.steps,
             guidance_scale=job.guidance_scale,
-            num_images_per_prompt=job.num_images,
+            num_images_per_prompt=1,
             generator=generator,
             callback_on_step_end=Progress(ctx.report_step, done, 0),
             output_type="pil",

@@ -5,8 +5,13 @@ scripts/dev.sh into <venv>/sdks/<name>; both are the package `runware`, so each 
 process (tests/e2e/sdk_clients/*.py) that prints one JSON line of scenario results. The three
 clients run at once against one server; the tests then check what each SDK handed its caller,
 fetch the images from their imageURL, and compare pixels across SDKs: the same request must give
-the same image whatever SDK or transport carried it. A failing scenario's result carries the
-frames the SDK sent (and, for 1.x, received), so the assertion message shows the exchange.
+the same image whatever SDK or transport carried it, up to batching: the clients' jobs arrive
+together and the server batches them, which moves a pixel by one level at most before encoding
+(float rounding of another batch size; tests/pipelines/test_engine_batching.py). Runware's
+default output is JPEG, which can spread such a step over a block, so images are compared by
+their mean difference, far below the distance between two seeds. A failing scenario's result
+carries the frames the SDK sent (and, for 1.x, received), so the assertion message shows the
+exchange.
 """
 
 from __future__ import annotations
@@ -226,7 +231,16 @@ def test_sdk_1_sync_delivery_gives_the_async_images(
     got = pixels(kind, "txt2img_sync")
     want = pixels(kind, "txt2img")
     assert len(got) == 2
-    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    assert all(close(a, b) for a, b in zip(got, want, strict=True))
+
+
+# Mean |difference| (0..255 levels) allowed between one request's JPEG images batched and
+# alone; two seeds' images differ by ~30.
+BATCH_TOLERANCE = 1.0
+
+
+def close(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and float(np.abs(a.astype(np.int16) - b).mean()) < BATCH_TOLERANCE
 
 
 @pytest.mark.parametrize("scenario", ["txt2img", "img2img", "inpaint", "controlnet"])
@@ -235,7 +249,7 @@ def test_every_sdk_and_transport_gets_the_same_pixels(pixels: Pixels, scenario: 
     for kind in KINDS[1:]:
         got = pixels(kind, scenario)
         assert len(got) == len(reference), kind
-        assert all(np.array_equal(a, b) for a, b in zip(got, reference, strict=True)), kind
+        assert all(close(a, b) for a, b in zip(got, reference, strict=True)), kind
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -218,8 +218,10 @@ def test_new_task_gives_two_seeded_images(server: ServerProcess, seeded) -> None
     assert all(p.shape == (512, 512, 3) for p in pixels)
     assert not np.array_equal(pixels[0], pixels[1])
 
-    # The same task again under a new taskUUID: the same pixels. Image i uses seed + i: the
-    # second image again, alone, from seed + 1.
+    # The same task again under a new taskUUID: the same pixels (up to batching: the two tasks
+    # below arrive together and share forwards, float rounding of another batch size, seen after
+    # JPEG: mean 0.13, max 8, far below the distance between two seeds, ~34). Image i uses
+    # seed + i: the second image again, from seed + 1.
     again = {"newTask": {**message["newTask"], "taskUUID": _uuid()}}
     second = new_task(numberResults=1, seed=SEED + 1)
     ids = [again["newTask"]["taskUUID"], second["newTask"]["taskUUID"]]
@@ -230,12 +232,10 @@ def test_new_task_gives_two_seeded_images(server: ServerProcess, seeded) -> None
     repeated = [image for frame in replies[ids[0]] for image in frame["newImages"]["images"]]
     assert [image["taskUUID"] for image in repeated] == [ids[0]] * 2
     assert all(
-        np.array_equal(download(image["imageSrc"]), want)
+        np.abs(download(image["imageSrc"]).astype(np.int16) - want).mean() < 1.0
         for image, want in zip(repeated, pixels, strict=True)
     )
     ((image,),) = [frame["newImages"]["images"] for frame in replies[ids[1]]]
-    # A batch of two and a batch of one differ by float rounding in the batched convolutions
-    # (seen: mean 0.13, max 8 after JPEG), far below the distance between two seeds (~34).
     alone = download(image["imageSrc"]).astype(np.int16)
     assert np.abs(alone - pixels[1]).mean() < 1.0
     assert np.abs(alone - pixels[0]).mean() > 10.0

@@ -177,6 +177,6 @@ def test_deep_fusion_reports_the_steps_of_both_passes(setup: dict) -> None:
     reported: list[tuple[int, int]] = []
     context = RunContext(report_step=lambda step, of: reported.append((step, of)))
     with torch.inference_mode():
-        images = background.run(setup["ref"], DEEP, context)
+        (images,) = background.run(setup["ref"], [DEEP], context)
     assert reported == [(step, total) for step in range(1, total + 1)]
     assert_same(images, expected)

@@ -294,6 +294,22 @@ def test_bucket_padding_changes_nothing_beyond_rounding(
     assert set(calls) <= {1, 2, 4, 8, 16}
 
 
+@pytest.mark.parametrize("name", ["sd1", "sdxl"])
+def test_warm_up_runs_every_bucket_up_to_the_batch(name: str, request: Any) -> None:
+    pipe = request.getfixturevalue(name)
+    calls: list[tuple[int, ...]] = []
+
+    def unet(sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        calls.append(tuple(sample.shape))
+        return pipe.unet(sample, *args, **kwargs)
+
+    loop = DenoiseLoop(pipe, unet=unet, buckets=(1, 2, 4, 8, 16))
+    with torch.inference_mode():
+        assert loop.warm_up(64, 48, max_rows=6) == [1, 2, 4, 8]
+    channels = pipe.unet.config.in_channels
+    assert calls == [(rows, channels, 6, 8) for rows in (1, 2, 4, 8)]
+
+
 def test_bucket_for() -> None:
     assert [bucket_for(n, (1, 2, 4, 8)) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 9]
 

@@ -262,7 +262,7 @@ def test_progress_counts_both_passes_as_one_run(catalogue: Catalogue, reference:
     )
     job = refined(replace(TXT2IMG, seeds=(7,)), REFINER)
     with torch.inference_mode():
-        txt2img.run(reference[BASE], job, ctx)
+        txt2img.run(reference[BASE], [job], ctx)
     assert [step for step, _ in steps] == list(range(1, STEPS + 1))
     assert steps[-1] == (STEPS, STEPS)
 
