@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -188,7 +187,16 @@ class Engine:
         """Queue a job; JobError at once if it cannot run (unknown model, busy, ...)."""
         if self._loop is None:
             raise RuntimeError("the engine is not started")
-        started = time.perf_counter()
+        with self.stats.overhead("admission"):
+            handle = self._admit(job, job_id)
+        self._handles[job_id] = handle
+        self.stats.count("jobs_submitted")
+        self._loop.create_task(self._forget_when_done(handle))
+        return handle
+
+    def _admit(self, job: Job, job_id: str) -> JobHandle:
+        """Validate, key and queue the job; JobError when it cannot run or the queue is full."""
+        assert self._loop is not None
         if isinstance(job, PreprocessJob):
             preprocess_runner.validate(job, self.config.models_dir)
             key = batch_key(job, job_id=job_id)
@@ -207,10 +215,6 @@ class Engine:
             )
         except QueueFull as full:
             raise JobError(ErrorCode.BUSY, f"the server is busy: {full}") from None
-        self._handles[job_id] = handle
-        self.stats.count("jobs_submitted")
-        self._loop.create_task(self._forget_when_done(handle))
-        self.stats.record_overhead("admission", time.perf_counter() - started)
         return handle
 
     def _validate_generation(self, job: GenerationJob) -> ModelInfo:

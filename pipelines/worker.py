@@ -204,11 +204,10 @@ class DeviceWorker(threading.Thread):
                         handle.report(JobProgress(JobState.RUNNING, member.position, member.total))
                 room = self.parts.max_images(key) - loop.images
                 if room > 0 and not self._stopping.is_set():
-                    started = time.perf_counter()
-                    joiners = self.parts.former.join(key, room)
+                    with self.parts.stats.overhead("forming"):
+                        joiners = self.parts.former.join(key, room)
                     if joiners:
                         self._track(joiners)
-                        self.parts.stats.record_overhead("forming", time.perf_counter() - started)
                         self.parts.stats.count("joins", len(joiners))
                         self._admit(loop, pipe, context, joiners, processor)
 
@@ -376,14 +375,13 @@ class DeviceWorker(threading.Thread):
         self._untrack(handle)
 
         def finish() -> None:
-            started = time.perf_counter()
-            try:
-                pictures = to_images(processor, images)
-            except Exception as error:  # a job's failure, never the worker's
-                self._fail([handle], error)
-                return
-            handle.finish(JobResult(tuple(pictures), seeds))
-            self.parts.stats.record_overhead("handback", time.perf_counter() - started)
+            with self.parts.stats.overhead("handback"):
+                try:
+                    pictures = to_images(processor, images)
+                except Exception as error:  # a job's failure, never the worker's
+                    self._fail([handle], error)
+                    return
+                handle.finish(JobResult(tuple(pictures), seeds))
 
         self.parts.handback.submit(finish)
 

@@ -188,7 +188,8 @@ class StatsDelta:
     forward_passes: int
     forward_images: int
     jobs: int  # finished + failed
-    overhead_ms_by_stage: dict[str, float]
+    overhead_ms_by_stage: dict[str, float]  # wall time per job
+    overhead_cpu_ms_by_stage: dict[str, float] = field(default_factory=dict)  # thread CPU time
 
     @property
     def mean_batch_images(self) -> float | None:
@@ -197,6 +198,10 @@ class StatsDelta:
     @property
     def overhead_ms_per_job(self) -> float | None:
         return sum(self.overhead_ms_by_stage.values()) if self.jobs else None
+
+    @property
+    def overhead_cpu_ms_per_job(self) -> float | None:
+        return sum(self.overhead_cpu_ms_by_stage.values()) if self.jobs else None
 
 
 def stats_delta(before: dict[str, Any] | None, after: dict[str, Any] | None) -> StatsDelta | None:
@@ -208,12 +213,21 @@ def stats_delta(before: dict[str, Any] | None, after: dict[str, Any] | None) -> 
         return int(after[name]) - int(before[name])
 
     jobs = diff("jobs_finished") + diff("jobs_failed")
-    old, new = before.get("overhead_seconds", {}), after.get("overhead_seconds", {})
-    stages = {
-        stage: 1000 * (new.get(stage, 0.0) - old.get(stage, 0.0)) / jobs if jobs else 0.0
-        for stage in sorted(set(old) | set(new))
-    }
-    return StatsDelta(diff("forward_passes"), diff("forward_images"), jobs, stages)
+
+    def per_job(name: str) -> dict[str, float]:
+        old, new = before.get(name, {}), after.get(name, {})
+        return {
+            stage: 1000 * (new.get(stage, 0.0) - old.get(stage, 0.0)) / jobs if jobs else 0.0
+            for stage in sorted(set(old) | set(new))
+        }
+
+    return StatsDelta(
+        diff("forward_passes"),
+        diff("forward_images"),
+        jobs,
+        per_job("overhead_seconds"),
+        per_job("overhead_cpu_seconds"),
+    )
 
 
 # --- FLOPs and MFU -------------------------------------------------------------------------------
@@ -288,6 +302,7 @@ class LevelResult:
     p95_s: float | None
     mean_batch_images: float | None
     overhead_ms_per_job: float | None
+    overhead_cpu_ms_per_job: float | None
     gpu_util_pct: float | None
     mfu_pct: float | None
     errors: int
@@ -325,6 +340,7 @@ def summarize(
         p95_s=percentile(latencies, 95),
         mean_batch_images=None,
         overhead_ms_per_job=None,
+        overhead_cpu_ms_per_job=None,
         gpu_util_pct=None,
         mfu_pct=None if utilisation is None else 100 * utilisation,
         errors=sum(1 for r in records if r.error is not None and start <= r.start < end),
@@ -351,6 +367,7 @@ COLUMNS = (
     "p95 s",
     "mean batch",
     "overhead ms/job",
+    "overhead CPU ms/job",
     "GPU util %",
     "MFU %",
     "requests",
@@ -376,6 +393,7 @@ def table_rows(results: Sequence[LevelResult], baseline: LevelResult | None) -> 
                 _fmt(r.p95_s),
                 _fmt(r.mean_batch_images),
                 _fmt(r.overhead_ms_per_job),
+                _fmt(r.overhead_cpu_ms_per_job),
                 _fmt(r.gpu_util_pct, 0),
                 _fmt(r.mfu_pct, 1),
                 str(r.requests),
@@ -389,7 +407,8 @@ def progress_line(r: LevelResult) -> str:
     return (
         f"{r.label:>9}: {r.images_per_s:.2f} images/s, p50 {_fmt(r.p50_s)} s, "
         f"p95 {_fmt(r.p95_s)} s, mean batch {_fmt(r.mean_batch_images)}, "
-        f"overhead {_fmt(r.overhead_ms_per_job)} ms/job, {r.errors} errors"
+        f"overhead {_fmt(r.overhead_ms_per_job)} ms/job "
+        f"({_fmt(r.overhead_cpu_ms_per_job)} CPU), {r.errors} errors"
     )
 
 
@@ -774,6 +793,7 @@ async def run_level(
     if delta is not None:
         result.mean_batch_images = delta.mean_batch_images
         result.overhead_ms_per_job = delta.overhead_ms_per_job
+        result.overhead_cpu_ms_per_job = delta.overhead_cpu_ms_per_job
         result.overhead_ms_by_stage = delta.overhead_ms_by_stage
     result.gpu_util_pct = util
     return result, after

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from PIL.Image import Image
 
@@ -74,11 +73,10 @@ class TaskTracker:
         log.info("task %s finished with %d image(s)", task_id, len(image_ids))
 
     def _save(self, images: tuple[Image, ...], encoding: Encoding) -> list[str]:
-        started = time.perf_counter()
-        image_ids = [self.results.save(image, encoding) for image in images]
-        if self.stats is not None:
-            self.stats.record_overhead("encode_store", time.perf_counter() - started)
-        return image_ids
+        if self.stats is None:
+            return [self.results.save(image, encoding) for image in images]
+        with self.stats.overhead("encode_store"):
+            return [self.results.save(image, encoding) for image in images]
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Let followers write what their jobs produced (at shutdown, after the engine stops)."""

@@ -4,12 +4,18 @@ Workers and the engine record into one EngineStats (thread-safe); `snapshot()` i
 GET /engine/stats returns and what scripts/bench_engine.py reads. Overhead is the wall time the
 engine spends per job outside model compute: admission (validation, keying, queueing), batch
 forming and joining, handing results back, and the server's encoding and storing of images.
+Each stage is measured twice: wall time, and the CPU time of the thread that ran it. On a
+machine whose cores the model keeps busy, a thread's wall time includes waiting for a core;
+its CPU time is the work the stage itself costs.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +31,8 @@ class EngineStats:
     batch_sizes: Counter[int] = field(default_factory=Counter)  # images per forward -> count
     joins: int = 0  # jobs that joined a running loop mid-flight
     oom_splits: int = 0  # forwards retried in smaller pieces after running out of memory
-    overhead_seconds: Counter[str] = field(default_factory=Counter)  # stage -> seconds
+    overhead_seconds: Counter[str] = field(default_factory=Counter)  # stage -> wall seconds
+    overhead_cpu_seconds: Counter[str] = field(default_factory=Counter)  # stage -> CPU seconds
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, name: str, amount: int = 1) -> None:
@@ -38,9 +45,19 @@ class EngineStats:
             self.forward_images += images
             self.batch_sizes[images] += 1
 
-    def record_overhead(self, stage: str, seconds: float) -> None:
+    def record_overhead(self, stage: str, seconds: float, cpu_seconds: float = 0.0) -> None:
         with self._lock:
             self.overhead_seconds[stage] += seconds
+            self.overhead_cpu_seconds[stage] += cpu_seconds
+
+    @contextmanager
+    def overhead(self, stage: str) -> Iterator[None]:
+        """Count the block's wall and thread CPU time as engine overhead of `stage`."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.record_overhead(stage, time.perf_counter() - wall, time.thread_time() - cpu)
 
     def reset(self) -> None:
         """Start a fresh measurement (benchmarks reset between runs)."""
@@ -50,11 +67,13 @@ class EngineStats:
             self.forward_passes = self.forward_images = self.joins = self.oom_splits = 0
             self.batch_sizes.clear()
             self.overhead_seconds.clear()
+            self.overhead_cpu_seconds.clear()
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             jobs = self.jobs_finished + self.jobs_failed
             overhead = sum(self.overhead_seconds.values())
+            overhead_cpu = sum(self.overhead_cpu_seconds.values())
             return {
                 "jobs_submitted": self.jobs_submitted,
                 "jobs_finished": self.jobs_finished,
@@ -74,4 +93,6 @@ class EngineStats:
                     for stage, seconds in sorted(self.overhead_seconds.items())
                 },
                 "overhead_ms_per_job_total": 1000 * overhead / jobs if jobs else 0.0,
+                "overhead_cpu_seconds": dict(sorted(self.overhead_cpu_seconds.items())),
+                "overhead_cpu_ms_per_job_total": 1000 * overhead_cpu / jobs if jobs else 0.0,
             }

@@ -344,3 +344,21 @@ def test_sdxl_batched_matches_alone(sdxl: DiffusionPipeline) -> None:
     together = run_loop(sdxl, jobs, join_after={1: 1})
     for ours, theirs in zip(together, alone_xl, strict=True):
         assert max_diff(ours, theirs) <= BATCH_TOLERANCE
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_fp16_alone_equals_diffusers_and_batched_stays_close(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The loop on a GPU in half precision, channels_last as the engine loads it: alone equals
+    diffusers; batched and joined stay within the tolerance."""
+    pipe = tiny.tiny_sd1_pipeline(tmp_path_factory.mktemp("tokcuda")).to("cuda", torch.float16)
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
+    for j in MIXED:
+        (ours,) = run_loop(pipe, [j])
+        assert_same(ours, diffusers_images(pipe, j))
+    alone_gpu = [run_loop(pipe, [j])[0] for j in MIXED]
+    joined = run_loop(pipe, MIXED, join_after={1: 1, 3: 2})
+    for ours, theirs in zip(joined, alone_gpu, strict=True):
+        assert max_diff(ours, theirs) <= BATCH_TOLERANCE

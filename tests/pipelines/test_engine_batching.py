@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image as PILImage
 
 from models.catalogue import Catalogue
@@ -239,3 +240,42 @@ def test_a_bad_job_in_a_request_batch_fails_alone(demo_dir: Path, tmp_path: Path
     ours, failed = with_engine(demo_dir, tmp_path / "together", together, batch_window=0.5)
     assert isinstance(failed, JobError) and failed.code is ErrorCode.INVALID_INPUT
     assert_close(ours, with_engine(demo_dir, tmp_path / "alone", alone_good))
+
+
+def test_a_request_batch_that_runs_out_of_memory_is_split(
+    demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device that cannot hold the whole batch: the worker halves it until it fits and every
+    job still gets its images, each the same as alone."""
+    from pipelines.worker import DeviceWorker
+
+    generate = DeviceWorker._generate
+    sizes: list[int] = []
+
+    def small_device(self: DeviceWorker, handles: list[JobHandle]) -> Any:
+        sizes.append(len(handles))
+        if len(handles) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return generate(self, handles)
+
+    monkeypatch.setattr(DeviceWorker, "_generate", small_device)
+    mask = PILImage.new("L", (64, 64), 0)
+    mask.paste(255, (8, 8, 40, 40))
+    jobs = [
+        job(JobKind.INPAINT, init_image=_picture(i), mask=mask, seeds=(i,), strength=1.0)
+        for i in range(3)
+    ]
+
+    async def together(engine: Engine) -> tuple[list[JobResult | JobError], dict[str, Any]]:
+        handles = submit_all(engine, jobs)
+        return [await outcome(h) for h in handles], engine.stats.snapshot()
+
+    async def one_by_one(engine: Engine) -> list[JobResult | JobError]:
+        return [await outcome(engine.submit(j, job_id=f"a{i}")) for i, j in enumerate(jobs)]
+
+    results, stats = with_engine(demo_dir, tmp_path / "together", together, batch_window=0.5)
+    assert sizes[:3] == [3, 1, 2]  # halves: [1] fits, [2] is split again
+    assert stats["oom_splits"] == 2 and stats["jobs_finished"] == 3
+    singles = with_engine(demo_dir, tmp_path / "alone", one_by_one)
+    for ours, theirs in zip(results, singles, strict=True):
+        assert_close(ours, theirs)

@@ -62,6 +62,7 @@ def test_stats_delta_reports_the_window_only() -> None:
         forward_passes=100,
         forward_images=150,
         overhead_seconds={"admission": 0.5, "handback": 1.0},
+        overhead_cpu_seconds={"admission": 0.1},
     )
     after = _snapshot(
         jobs_finished=28,
@@ -69,6 +70,7 @@ def test_stats_delta_reports_the_window_only() -> None:
         forward_passes=140,
         forward_images=470,
         overhead_seconds={"admission": 0.52, "handback": 1.03, "encode_store": 0.01},
+        overhead_cpu_seconds={"admission": 0.11, "handback": 0.002},
     )
     delta = bench.stats_delta(before, after)
     assert (delta.forward_passes, delta.forward_images, delta.jobs) == (40, 320, 20)
@@ -77,6 +79,8 @@ def test_stats_delta_reports_the_window_only() -> None:
         {"admission": 1.0, "encode_store": 0.5, "handback": 1.5}
     )
     assert delta.overhead_ms_per_job == pytest.approx(3.0)
+    assert delta.overhead_cpu_ms_by_stage == pytest.approx({"admission": 0.5, "handback": 0.1})
+    assert delta.overhead_cpu_ms_per_job == pytest.approx(0.6)
 
 
 def test_stats_delta_without_endpoint_or_work() -> None:
