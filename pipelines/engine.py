@@ -20,7 +20,7 @@ from models.catalogue import Catalogue, ModelKind, ModelSpec, UnknownModelError
 from models.manifest import ManifestError
 from models.registry import build_catalogue
 from pipelines.batching.budget import MemoryBudget, cuda_activation_budget
-from pipelines.batching.former import BatchFormer, BatchPolicy
+from pipelines.batching.former import BatchFormer, BatchPolicy, QueueFull
 from pipelines.batching.keys import BatchKey, BatchMode, batch_key
 from pipelines.batching.stats import EngineStats
 from pipelines.handle import JobHandle
@@ -35,7 +35,6 @@ from pipelines.jobs import (
     PreprocessorInfo,
 )
 from pipelines.preprocessors import list_preprocessors
-from pipelines.queue import QueueFull
 from pipelines.runners import preprocess as preprocess_runner
 from pipelines.runners import refiner
 from pipelines.samplers import is_known_sampler

@@ -1,7 +1,7 @@
 """The batch former: the engine's admission queue, grouping waiting jobs into batches.
 
 Pure Python and thread-safe: the event loop puts, GPU worker threads take. It replaces the plain
-priority queue (pipelines.queue) behind the same admission rule: when `capacity` jobs wait, put
+priority queue of the foundation behind the same admission rule: when `capacity` jobs wait, put
 fails at once (QueueFull) so front ends answer "busy".
 
 Policy (each rule has a unit test in tests/unit/test_batch_former.py):
@@ -35,9 +35,12 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from pipelines.queue import QueueFull
-
 T = TypeVar("T")
+
+
+class QueueFull(Exception):
+    """No room: the front end answers "busy" instead of letting a request wait unbounded."""
+
 
 _OWNER_MEMORY = 1024  # owners remembered before idle ones at or below the virtual time are pruned
 
