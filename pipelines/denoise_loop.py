@@ -158,26 +158,15 @@ class DenoiseLoop:
     ) -> torch.Tensor:
         """The UNet over all rows, in pieces of at most max_rows; halved on out-of-memory."""
         rows = sample.shape[0]
-        while True:
-            limit = min(self.max_rows or rows, rows)
-            try:
-                pieces = [
-                    self._call(
-                        sample[i : i + limit],
-                        timestep[i : i + limit],
-                        embeds[i : i + limit],
-                        None if added is None else {k: v[i : i + limit] for k, v in added.items()},
-                    )
-                    for i in range(0, rows, limit)
-                ]
-                return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-            except torch.OutOfMemoryError:
-                if limit == 1:
-                    raise
-                self.max_rows = limit // 2
-                self.stats.count("oom_splits")
-                log.warning("out of memory at %d rows: retrying in pieces of %d", limit, limit // 2)
-                _free_cache(sample.device)
+
+        def piece(part: slice) -> torch.Tensor:
+            pieces = None if added is None else {k: v[part] for k, v in added.items()}
+            return self._call(sample[part], timestep[part], embeds[part], pieces)
+
+        def lower(limit: int) -> None:
+            self.max_rows = limit
+
+        return self._in_pieces(rows, min(self.max_rows or rows, rows), piece, lower)
 
     def _call(
         self,
@@ -206,26 +195,41 @@ class DenoiseLoop:
         """Finished members' images, decoded in one VAE batch (in halves on out-of-memory)."""
         latents = torch.cat([member.latents for member in finished])
         count = latents.shape[0]
-        limit = count
-        while True:
-            try:
-                pieces = [
-                    decode(self.vae, latents[i : i + limit], self.xl)
-                    for i in range(0, count, limit)
-                ]
-                break
-            except torch.OutOfMemoryError:
-                if limit == 1:
-                    raise
-                limit //= 2
-                self.stats.count("oom_splits")
-                _free_cache(latents.device)
-        images = denormalized(self.base.image_processor, torch.cat(pieces)).cpu()
+        decoded = self._in_pieces(
+            count, count, lambda part: decode(self.vae, latents[part], self.xl)
+        )
+        images = denormalized(self.base.image_processor, decoded).cpu()
         out, offset = [], 0
         for member in finished:
             out.append((member, images[offset : offset + member.images]))
             offset += member.images
         return out
+
+    def _in_pieces(
+        self,
+        count: int,
+        limit: int,
+        run: Callable[[slice], torch.Tensor],
+        lower: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """run() over [0, count) in slices of at most `limit`, concatenated. On out-of-memory
+        every slice is halved (lower() told the new limit) and all run again; a single item
+        that does not fit raises."""
+        while True:
+            try:
+                pieces = [run(slice(i, i + limit)) for i in range(0, count, limit)]
+                return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+            except torch.OutOfMemoryError:
+                if limit == 1:
+                    raise
+                log.warning(
+                    "out of memory at %d items: retrying in pieces of %d", limit, limit // 2
+                )
+                limit //= 2
+                if lower is not None:
+                    lower(limit)
+                self.stats.count("oom_splits")
+                _free_cache(self.base.unet.device)
 
 
 def _pad(x: torch.Tensor, size: int) -> torch.Tensor:

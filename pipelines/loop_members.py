@@ -25,7 +25,7 @@ from PIL.Image import Image
 
 from pipelines.imaging import fit_image
 from pipelines.jobs import ErrorCode, GenerationJob, JobError, JobKind
-from pipelines.runners.common import generators, make_scheduler, prompt_args
+from pipelines.runners.common import generators, job_embeddings, make_scheduler
 from pipelines.runners.families import pipeline_for
 
 
@@ -88,7 +88,7 @@ def prepare(base: DiffusionPipeline, job: GenerationJob, vae: Any = None) -> Mem
     device = pipe._execution_device
     gens = generators(job.seeds)
     n = job.num_images
-    embeds, pooled = _encode(pipe, job, device, cfg)
+    embeds, pooled = _encode(pipe, job, cfg)
     dtype = embeds.dtype
     if init is None:
         timesteps, _ = retrieve_timesteps(scheduler, job.steps, device)
@@ -118,36 +118,23 @@ def prepare(base: DiffusionPipeline, job: GenerationJob, vae: Any = None) -> Mem
 
 
 def _encode(
-    pipe: DiffusionPipeline, job: GenerationJob, device: torch.device, cfg: bool
+    pipe: DiffusionPipeline, job: GenerationJob, cfg: bool
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-    """Prompt embeddings in the pipeline's row order (and SDXL's pooled pair)."""
-    args = prompt_args(pipe, job)
-    text = {
-        "prompt": args.pop("prompt", None),
-        "negative_prompt": args.pop("negative_prompt", None),
-    }
-    clip_skip = args.pop("clip_skip", None)
-    if is_xl(pipe):
-        pos, neg, pooled, neg_pooled = pipe.encode_prompt(
-            **text,
-            device=device,
-            num_images_per_prompt=job.num_images,
-            do_classifier_free_guidance=cfg,
-            clip_skip=clip_skip,
-            **args,
-        )
-        embeds = torch.cat([neg, pos]) if cfg else pos
-        return embeds, (neg_pooled, pooled)
-    pos, neg = pipe.encode_prompt(
-        text["prompt"],
-        device,
-        job.num_images,
-        cfg,
-        text["negative_prompt"],
-        clip_skip=clip_skip,
-        **args,
-    )
-    return (torch.cat([neg, pos]) if cfg else pos), None
+    """Prompt embeddings in the pipeline's row order (and SDXL's pooled pair): the job's
+    one-image embeddings (runners.common.job_embeddings, as the batched runners encode it)
+    repeated for its images, as encode_prompt repeats them."""
+    encoded = job_embeddings(pipe, job)
+    n = job.num_images
+
+    def rows(name: str) -> torch.Tensor:
+        tensor = encoded[name]
+        return tensor.repeat(n, *[1] * (tensor.dim() - 1))
+
+    pos = rows("prompt_embeds")
+    embeds = torch.cat([rows("negative_prompt_embeds"), pos]) if cfg else pos
+    if not is_xl(pipe):
+        return embeds, None
+    return embeds, (rows("negative_pooled_prompt_embeds"), rows("pooled_prompt_embeds"))
 
 
 def _xl_added_conditioning(

@@ -184,7 +184,7 @@ class DeviceWorker(threading.Thread):
         processor = pipe.image_processor
         with torch.inference_mode(), adapted(pipe, first, context):
             self._warm_up(loop, key)
-            self._admit(loop, pipe, context, handles, processor)
+            self._admit(loop, pipe, context, handles)
             while loop.members:
                 try:
                     finished = loop.step()
@@ -209,7 +209,7 @@ class DeviceWorker(threading.Thread):
                     if joiners:
                         self._track(joiners)
                         self.parts.stats.count("joins", len(joiners))
-                        self._admit(loop, pipe, context, joiners, processor)
+                        self._admit(loop, pipe, context, joiners)
 
     def _admit(
         self,
@@ -217,7 +217,6 @@ class DeviceWorker(threading.Thread):
         pipe: DiffusionPipeline,
         context: RunContext,
         handles: Sequence[JobHandle],
-        processor: VaeImageProcessor,
     ) -> None:
         """Prepare jobs and let them into the loop; one job's bad input fails that job only."""
         for handle in handles:

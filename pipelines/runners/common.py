@@ -78,19 +78,6 @@ def step_callback(report: StepReporter) -> Callable[..., dict[str, Any]]:
     return callback
 
 
-def prompt_args(pipe: DiffusionPipeline, job: GenerationJob) -> dict[str, Any]:
-    """The prompt as diffusers takes it: the text (and clip skip), or for a weighted prompt the
-    embeddings pipelines.prompt_weighting makes, clip skip already applied."""
-    clip_skip = diffusers_clip_skip(pipe, job.clip_skip)
-    if job.prompt_weighting is None:
-        return {
-            "prompt": job.prompt,
-            "negative_prompt": job.negative_prompt,
-            "clip_skip": clip_skip,
-        }
-    return prompt_embeddings(pipe, job.prompt, job.negative_prompt, job.prompt_weighting, clip_skip)
-
-
 # --- request-level batches -----------------------------------------------------------------------
 #
 # A runner gets every job of one REQUEST batch (pipelines.batching.keys: equal keys, so every
