@@ -46,7 +46,7 @@ class PipelineCache:
 
     def holds(self, code: str) -> bool:
         """Whether the checkpoint `code` is loaded here (the engine's model affinity)."""
-        return any(loaded == code for _kind, loaded in self._loaded)
+        return any(loaded == code for _kind, loaded in list(self._loaded))
 
     def get(self, spec: ModelSpec) -> DiffusionPipeline:
         key = (spec.kind.value, spec.code)

@@ -193,14 +193,24 @@ class Engine:
         self._loop.create_task(self._forget_when_done(handle))
         return handle
 
+    def validate(self, job: Job) -> ModelInfo | None:
+        """The checkpoint the job runs on (None: preprocessing); JobError when it cannot run.
+
+        Cluster API replicas call this before queueing, so a bad request fails at once there
+        and the checkpoint code picks the job's queue.
+        """
+        if isinstance(job, PreprocessJob):
+            preprocess_runner.validate(job, self.config.models_dir)
+            return None
+        return self._validate_generation(job)
+
     def _admit(self, job: Job, job_id: str) -> JobHandle:
         """Validate, key and queue the job; JobError when it cannot run or the queue is full."""
         assert self._loop is not None
-        if isinstance(job, PreprocessJob):
-            preprocess_runner.validate(job, self.config.models_dir)
+        model = self.validate(job)
+        if model is None:
             key = batch_key(job, job_id=job_id)
         else:
-            model = self._validate_generation(job)
             key = batch_key(job, job_id=job_id, model=model.code, architecture=model.architecture)
         handle = JobHandle(job_id, job, self._loop, self._cancel)
         try:
@@ -256,6 +266,11 @@ class Engine:
             self._handles.pop(handle.job_id, None)
 
     # --- models ---
+
+    def loaded_models(self) -> list[str]:
+        """Checkpoint codes some device holds in memory now (cluster routing advertises them)."""
+        codes = {spec.code for spec in self.catalogue.by_kind(ModelKind.CHECKPOINT)}
+        return sorted(c for c in codes if any(w.cache.holds(c) for w in self._workers))
 
     def list_models(self, kind: str | None = ModelKind.CHECKPOINT.value) -> list[ModelInfo]:
         """Installed models of one kind ("checkpoint", "lora", ...), or of every kind (None)."""

@@ -14,21 +14,21 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import FastAPI
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 
 from pipelines.engine import Engine
 from pipelines.jobs import ErrorCode
+from server.dispatch import Backend, Dispatcher, local_backend
 from server.keys import KeyStore
 from server.outbound import Outbound, OutboundPolicy
 from server.picpik.router import picpik_router
 from server.picpik.serving import PicpikService
-from server.results import MEDIA_TYPES, RESULTS_ROUTE, ImageFormat, ResultStore
+from server.results import MEDIA_TYPES, RESULTS_ROUTE, ResultStore, is_image_id
 from server.runware.router import runware_router
 from server.runware.serving import RunwareService
 from server.runware.sessions import SessionRegistry
 from server.settings import Settings
-from server.taskstore import SqliteTaskStore, TaskStore
-from server.tracking import TaskTracker
+from server.taskstore import TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,10 @@ class Services:
     """What the routes share; exposed on app.state.services for tests and tools."""
 
     settings: Settings
-    engine: Engine
+    engine: Engine  # the model catalogue (and, on one machine, the jobs' runner)
     store: TaskStore
     results: ResultStore
-    tracker: TaskTracker
+    dispatcher: Dispatcher
     keys: KeyStore
     outbound: Outbound
 
@@ -59,60 +59,59 @@ def sweep_expired(services: Services) -> int:
     return len(expired)
 
 
-def build_app(settings: Settings, engine: Engine, keys: KeyStore | None = None) -> FastAPI:
-    store = SqliteTaskStore(settings.data_dir / "tasks.sqlite3")
-    results = ResultStore(settings.data_dir / "results")
+def build_app(
+    settings: Settings,
+    engine: Engine,
+    keys: KeyStore | None = None,
+    backend: Backend | None = None,
+) -> FastAPI:
+    """The app over one engine; backend None: a single machine (local_backend)."""
+    backend = backend or local_backend(settings, engine)
+    store, results, dispatcher = backend.store, backend.results, backend.dispatcher
     outbound = Outbound(OutboundPolicy.from_strings(settings.url_allow))
-    services = Services(
-        settings,
-        engine,
-        store,
-        results,
-        TaskTracker(store, results, engine.stats),
-        keys or KeyStore(),
-        outbound,
-    )
+    services = Services(settings, engine, store, results, dispatcher, keys or KeyStore(), outbound)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        interrupted = store.interrupt_unfinished(
-            ErrorCode.INTERRUPTED.value,
-            "the server restarted before the task finished: submit it again",
-        )
-        if interrupted:
-            log.warning("%d task(s) were interrupted by the last shutdown", len(interrupted))
-        await engine.start()
+        if not dispatcher.resumes_unfinished:
+            interrupted = store.interrupt_unfinished(
+                ErrorCode.INTERRUPTED.value,
+                "the server restarted before the task finished: submit it again",
+            )
+            if interrupted:
+                log.warning("%d task(s) were interrupted by the last shutdown", len(interrupted))
+        await dispatcher.start()
         sweeper = asyncio.get_running_loop().create_task(_sweep_forever(services))
         try:
             yield
         finally:
             sweeper.cancel()
-            await engine.stop()
-            await services.tracker.drain()
+            await dispatcher.stop()
             await outbound.aclose()
             store.close()
 
     app = FastAPI(title="easel", version="0.1.0", lifespan=lifespan)
     app.state.services = services
-    picpik = PicpikService(engine, store, services.tracker, services.keys, settings.public_url)
+    picpik = PicpikService(engine, dispatcher, store, services.keys, settings.public_url)
     app.include_router(picpik_router(picpik))
     runware = RunwareService(
-        engine, store, services.tracker, results, services.keys, outbound, settings.public_url
+        engine, dispatcher, store, results, services.keys, outbound, settings.public_url
     )
     app.include_router(runware_router(runware, SessionRegistry()))
 
     @app.get(RESULTS_ROUTE + "/{file_name}", tags=["results"], response_model=None)
     async def result_image(file_name: str) -> Response:
         image_id, _, extension = file_name.rpartition(".")
-        path = results.path(image_id)
-        if path is None or path.suffix != f".{extension}":
+        found = await asyncio.to_thread(results.read, image_id) if is_image_id(image_id) else None
+        if found is None or found[1].value != extension:
             return JSONResponse({"error": "image not found"}, status_code=404)
-        return FileResponse(path, media_type=MEDIA_TYPES[ImageFormat(extension)])
+        data, image_format = found
+        return Response(data, media_type=MEDIA_TYPES[image_format])
 
     @app.get("/engine/stats", tags=["health"])
     async def engine_stats() -> dict[str, object]:
         """The engine's own measurements: batch sizes, joins, overhead per job (benchmarks)."""
-        return engine.stats.snapshot()
+        return dispatcher.stats()
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipelines.engine import Engine, EngineConfig
 from pipelines.jobs import ModelInfo
+from server.cluster.config import ClusterConfig
 from server.keys import KeysFileError, KeyStore
 from server.outbound import parse_network
 from server.settings import Settings
@@ -75,6 +76,101 @@ def _add_storage_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=int(_env("MAX_QUEUE", "64") or 64),
+        help="jobs waiting beyond this are refused as busy (EASEL_MAX_QUEUE)",
+    )
+    parser.add_argument(
+        "--max-batch-images",
+        type=int,
+        default=int(_env("MAX_BATCH_IMAGES", "0") or 0) or None,
+        help="most images one batched forward may hold (EASEL_MAX_BATCH_IMAGES; default 16 on "
+        "the CPU, 64 on a GPU, lowered by the GPU's memory)",
+    )
+    parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=float(_env("BATCH_WINDOW_MS", "10") or 10),
+        help="how long a partly filled batch waits for more jobs (EASEL_BATCH_WINDOW_MS)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        default=_env_flag("COMPILE"),
+        help="torch.compile the UNet, batch sizes padded to powers of two; the first batch of "
+        "each size compiles (EASEL_COMPILE=1)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "fp16", "bf16", "fp32"),
+        default=_env("DTYPE", "auto"),
+        help="precision of weights and activations (EASEL_DTYPE; auto: fp16 on GPUs, fp32 on "
+        "the CPU)",
+    )
+    parser.add_argument(
+        "--devices",
+        default=_env("DEVICES", ""),
+        help="comma-separated torch devices, e.g. cuda:0,cuda:1 (EASEL_DEVICES; "
+        "default: every GPU, else the CPU)",
+    )
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser, *, worker: bool = False) -> None:
+    parser.add_argument(
+        "--broker",
+        default=_env("BROKER"),
+        required=worker and not _env("BROKER"),
+        metavar="redis://HOST:PORT/N",
+        help="the cluster's Redis: "
+        + (
+            "take jobs from its queues (EASEL_BROKER)"
+            if worker
+            else "run as an API replica whose jobs go to `easel worker`s (EASEL_BROKER)"
+        ),
+    )
+    parser.add_argument(
+        "--retention-hours",
+        type=float,
+        default=float(_env("RETENTION_HOURS", "24") or 24),
+        help="task records and images are deleted after this (EASEL_RETENTION_HOURS)",
+    )
+    if not worker:
+        return
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(_env("WORKER_CONCURRENCY", "16") or 16),
+        help="tasks taken at once and fed to the engine together (EASEL_WORKER_CONCURRENCY)",
+    )
+    parser.add_argument(
+        "--name",
+        default=_env("WORKER_NAME"),
+        help="the worker's name in the cluster (EASEL_WORKER_NAME; default easel-PID@HOST)",
+    )
+    parser.add_argument(
+        "--visibility-timeout",
+        type=float,
+        default=float(_env("VISIBILITY_TIMEOUT", "7200") or 7200),
+        help="seconds after which a job whose worker died is delivered again; keep it above "
+        "the longest job (EASEL_VISIBILITY_TIMEOUT)",
+    )
+    parser.add_argument(
+        "--restore-interval",
+        type=float,
+        default=float(_env("RESTORE_INTERVAL", "10") or 10),
+        help="seconds between checks for jobs to deliver again (EASEL_RESTORE_INTERVAL)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=float(_env("HEARTBEAT", "2") or 2),
+        help="seconds between heartbeats; a running job's lease lasts three (EASEL_HEARTBEAT)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="easel", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,45 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_flag("INSECURE"),
         help="serve without keys on a non-loopback address (EASEL_INSECURE=1)",
     )
-    serve.add_argument(
-        "--max-queue",
-        type=int,
-        default=int(_env("MAX_QUEUE", "64") or 64),
-        help="jobs waiting beyond this are refused as busy (EASEL_MAX_QUEUE)",
-    )
-    serve.add_argument(
-        "--max-batch-images",
-        type=int,
-        default=int(_env("MAX_BATCH_IMAGES", "0") or 0) or None,
-        help="most images one batched forward may hold (EASEL_MAX_BATCH_IMAGES; default 16 on "
-        "the CPU, 64 on a GPU, lowered by the GPU's memory)",
-    )
-    serve.add_argument(
-        "--batch-window-ms",
-        type=float,
-        default=float(_env("BATCH_WINDOW_MS", "10") or 10),
-        help="how long a partly filled batch waits for more jobs (EASEL_BATCH_WINDOW_MS)",
-    )
-    serve.add_argument(
-        "--compile",
-        action="store_true",
-        default=_env_flag("COMPILE"),
-        help="torch.compile the UNet, batch sizes padded to powers of two; the first batch of "
-        "each size compiles (EASEL_COMPILE=1)",
-    )
-    serve.add_argument(
-        "--dtype",
-        choices=("auto", "fp16", "bf16", "fp32"),
-        default=_env("DTYPE", "auto"),
-        help="precision of weights and activations (EASEL_DTYPE; auto: fp16 on GPUs, fp32 on "
-        "the CPU)",
-    )
-    serve.add_argument(
-        "--devices",
-        default=_env("DEVICES", ""),
-        help="comma-separated torch devices, e.g. cuda:0,cuda:1 (EASEL_DEVICES; "
-        "default: every GPU, else the CPU)",
-    )
+    _add_engine_options(serve)
+    _add_cluster_options(serve)
     serve.add_argument(
         "--allow-url-net",
         action="append",
@@ -151,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), help="(EASEL_LOG_LEVEL)")
 
+    worker = commands.add_parser("worker", help="run a GPU worker of a cluster (needs --broker)")
+    _add_storage_options(worker)
+    _add_engine_options(worker)
+    _add_cluster_options(worker, worker=True)
+    worker.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), help="(EASEL_LOG_LEVEL)")
+
     models = commands.add_parser("models", help="list the model catalogue")
     _add_storage_options(models)
     return parser
@@ -158,13 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(
-        host=args.host,
-        port=args.port,
+        host=getattr(args, "host", Settings.host),
+        port=getattr(args, "port", Settings.port),
         data_dir=args.data_dir,
         models_dir=Path(args.models_dir) if args.models_dir else None,
-        keys_file=Path(args.keys_file) if args.keys_file else None,
-        public_url=args.public_url or None,
-        insecure=args.insecure,
+        keys_file=Path(args.keys_file) if getattr(args, "keys_file", None) else None,
+        public_url=getattr(args, "public_url", None) or None,
+        insecure=getattr(args, "insecure", False),
         allow_pickle=args.allow_pickle,
         max_queue=args.max_queue,
         max_batch_images=args.max_batch_images,
@@ -172,7 +237,19 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         compile=args.compile,
         dtype=args.dtype,
         devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()),
-        url_allow=_url_networks(args),
+        url_allow=_url_networks(args) if hasattr(args, "allow_url_net") else (),
+        retention_hours=args.retention_hours,
+        broker_url=args.broker or None,
+    )
+
+
+def cluster_config(args: argparse.Namespace) -> ClusterConfig:
+    return ClusterConfig(
+        broker_url=args.broker,
+        retention_s=args.retention_hours * 3600,
+        visibility_timeout_s=getattr(args, "visibility_timeout", 7200.0),
+        restore_interval_s=getattr(args, "restore_interval", 10.0),
+        heartbeat_s=getattr(args, "heartbeat", 2.0),
     )
 
 
@@ -229,10 +306,17 @@ def serve(args: argparse.Namespace) -> int:
     log.info("models directory: %s", settings.resolved_models_dir)
     for model in engine.list_models():
         log.info("model: %s", _describe(model, aliases))
-    log.info("devices: %s", ", ".join(engine.devices))
+    backend = None
+    if settings.broker_url:
+        from server.cluster.dispatch import broker_backend
+
+        backend = broker_backend(engine, cluster_config(args))
+        log.info("cluster API replica: jobs go to the workers of %s", settings.broker_url)
+    else:
+        log.info("devices: %s", ", ".join(engine.devices))
     log.info("authentication: %s", "off (open server)" if keys.empty else "API keys required")
     log.info("listening on http://%s:%d", settings.host, settings.port)
-    app = build_app(settings, engine, keys)
+    app = build_app(settings, engine, keys, backend)
     uvicorn.run(
         app,
         host=settings.host,
@@ -242,6 +326,21 @@ def serve(args: argparse.Namespace) -> int:
         ws_ping_interval=None,  # Runware clients ping at the protocol level
     )
     return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from server.cluster.run import run_worker as run
+
+    try:
+        settings = settings_from_args(args)
+        engine = open_engine(settings)
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
+    if args.concurrency < 1 or args.concurrency > settings.max_queue:
+        log.error("--concurrency must be between 1 and --max-queue (%d)", settings.max_queue)
+        return 2
+    return run(engine, cluster_config(args), args.name, args.concurrency, args.log_level)
 
 
 def list_models(args: argparse.Namespace) -> int:
@@ -269,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    handlers = {"serve": serve, "models": list_models}
+    handlers = {"serve": serve, "worker": run_worker, "models": list_models}
     return handlers[args.command](args)
 
 

@@ -1,9 +1,13 @@
-"""Result images as files in the data directory, served back at stable URLs.
+"""Result images, kept for the retention time and served back at stable URLs.
 
 Image ids are random UUIDs (Runware clients see them as imageUUIDs); a request for anything that
-is not one is refused before it touches the file system, so no id can name a path outside the
-results folder. A file's extension records its format (PNG by default; Runware clients may ask
-for JPEG or WEBP), and the URL carries it.
+is not one is refused before it touches storage, so no id can name a path outside the results
+folder. The stored format is PNG by default (Runware clients may ask for JPEG or WEBP), and the
+URL carries it as the extension.
+
+Two stores share one interface (ResultStore): files in the data directory for a single server
+(FileResultStore), and Redis when API replicas and GPU workers run on many machines
+(server.cluster.redis_results.RedisResultStore).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 from PIL.Image import Image
 
@@ -62,7 +67,29 @@ def encode(image: Image, encoding: Encoding = PNG) -> bytes:
     return buffer.getvalue()
 
 
-class ResultStore:
+def is_image_id(text: str) -> bool:
+    return _IMAGE_ID.match(text) is not None
+
+
+def new_image_id() -> str:
+    return str(uuid.uuid4())
+
+
+class ResultStore(Protocol):
+    """Where result and uploaded images live; every method may block (call off the loop)."""
+
+    def save(self, image: Image, encoding: Encoding = PNG) -> str: ...  # its new id
+
+    def save_bytes(self, data: bytes, image_format: ImageFormat) -> str: ...
+
+    def read(self, image_id: str) -> tuple[bytes, ImageFormat] | None: ...
+
+    def format_of(self, image_id: str) -> ImageFormat | None: ...  # None: no such image
+
+    def delete(self, image_id: str) -> None: ...
+
+
+class FileResultStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -71,11 +98,8 @@ class ResultStore:
         """Encode and write one image (call off the event loop); its new id."""
         return self.save_bytes(encode(image, encoding), encoding.format)
 
-    def save_png(self, image: Image) -> str:
-        return self.save(image)
-
     def save_bytes(self, data: bytes, image_format: ImageFormat) -> str:
-        image_id = str(uuid.uuid4())
+        image_id = new_image_id()
         tmp = self.root / f".{image_id}.tmp"
         tmp.write_bytes(data)
         tmp.replace(self.root / f"{image_id}.{image_format.value}")
@@ -89,6 +113,15 @@ class ResultStore:
             if path.is_file():
                 return path
         return None
+
+    def read(self, image_id: str) -> tuple[bytes, ImageFormat] | None:
+        path = self.path(image_id)
+        if path is None:
+            return None
+        try:
+            return path.read_bytes(), ImageFormat(path.suffix[1:])
+        except FileNotFoundError:  # swept meanwhile
+            return None
 
     def format_of(self, image_id: str) -> ImageFormat | None:
         path = self.path(image_id)

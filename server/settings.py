@@ -26,6 +26,8 @@ class Settings:
     devices: tuple[str, ...] = ()  # empty: every CUDA device, else the CPU
     # networks (CIDR) that client-given URLs may reach although private/loopback/link-local
     url_allow: tuple[str, ...] = ()
+    # redis://HOST:PORT/N: run as an API replica of a cluster (jobs go to `easel worker`s)
+    broker_url: str | None = None
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -69,8 +69,16 @@ class TaskTracker:
             log.exception("task %s: cannot write its images", task_id)
             self.store.fail(task_id, ErrorCode.INTERNAL.value, f"cannot store images: {error}")
             return
-        self.store.finish(task_id, image_ids, [])
+        if not self.store.finish(task_id, image_ids, []):
+            # Another worker ended the task first (a redelivered job): keep one set of images.
+            await asyncio.to_thread(self._drop, image_ids)
+            log.info("task %s had already ended: dropped this run's images", task_id)
+            return
         log.info("task %s finished with %d image(s)", task_id, len(image_ids))
+
+    def _drop(self, image_ids: list[str]) -> None:
+        for image_id in image_ids:
+            self.results.delete(image_id)
 
     def _save(self, images: tuple[Image, ...], encoding: Encoding) -> list[str]:
         if self.stats is None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pipelines.engine import Engine
 from pipelines.jobs import GenerationJob, JobError, ModelInfo
+from server.dispatch import Dispatcher
 from server.keys import KeyStore
 from server.picpik import protocol as wire
 from server.picpik.common import (
@@ -32,7 +33,6 @@ from server.picpik.generation import PREPROCESSOR_OPTIONS, GenerationActions
 from server.picpik.signature import verify
 from server.results import image_url
 from server.taskstore import TaskRecord, TaskStatus, TaskStore
-from server.tracking import TaskTracker
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,14 @@ class PicpikService:
     def __init__(
         self,
         engine: Engine,
+        dispatcher: Dispatcher,
         store: TaskStore,
-        tracker: TaskTracker,
         keys: KeyStore,
         public_url: str | None = None,
     ) -> None:
-        self.engine = engine
+        self.engine = engine  # the model catalogue: listings and request validation
+        self.dispatcher = dispatcher
         self.store = store
-        self.tracker = tracker
         self.keys = keys
         self.public_url = public_url
         generation = GenerationActions(engine, self._submit)
@@ -184,12 +184,11 @@ class PicpikService:
         )
         self.store.create(record)
         try:
-            handle = self.engine.submit(job, job_id=task_id)
+            self.dispatcher.submit(task_id, job)
         except JobError as error:
             self.store.delete(task_id)
             code = SUBMIT_RET_CODES.get(error.code.value, RetCode.INTERNAL_ERROR)
             raise PicpikError(code, error.message) from None
-        self.tracker.follow(task_id, handle)
         self.store.add_usage(caller.owner, cost)
         log.info("task %s queued: %s %s", task_id, action, job.kind.value)
         return task_id
@@ -232,7 +231,7 @@ class PicpikService:
     async def terminate_task(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         req = parse(wire.TerminateTaskRequest, body)
         record = self._own_task(req.TaskUID, caller)
-        if record.status.ended or not self.engine.cancel(record.task_id):
+        if record.status.ended or not self.dispatcher.cancel(record.task_id):
             raise PicpikError(
                 RetCode.TASK_ALREADY_ENDED,
                 f"task {record.task_id} has already ended ({STATUS_NAMES[record.status]})",

@@ -8,6 +8,7 @@ addresses unless the operator allows them, bounded size and time).
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 
 from PIL import Image
@@ -57,15 +58,15 @@ class ImageInputs:
             ) from None
 
     def _stored(self, image_id: str, parameter: str) -> Image.Image:
-        path = self.results.path(image_id)
-        if path is None:
+        found = self.results.read(image_id)
+        if found is None:
             raise RunwareError(
                 Code.INVALID_IMAGE,
                 f"{parameter}: no image with imageUUID {image_id} (uploads and results are kept "
                 "for a limited time)",
                 parameter,
             )
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(found[0])) as image:
             image.load()
             return image.copy()
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipelines.engine import Engine
 from pipelines.jobs import Job, JobError, ModelInfo, PreprocessJob
+from server.dispatch import Dispatcher
 from server.keys import KeyStore
 from server.outbound import Outbound, OutboundError
 from server.results import MEDIA_TYPES, Encoding, ImageFormat, ResultStore, image_url
@@ -32,7 +33,6 @@ from server.runware.inference import InferenceBuilder, image_cost
 from server.runware.inputs import ImageInputs
 from server.summary import job_summary
 from server.taskstore import TaskExists, TaskRecord, TaskStatus, TaskStore
-from server.tracking import TaskTracker
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +83,16 @@ class RunwareService:
     def __init__(
         self,
         engine: Engine,
+        dispatcher: Dispatcher,
         store: TaskStore,
-        tracker: TaskTracker,
         results: ResultStore,
         keys: KeyStore,
         outbound: Outbound,
         public_url: str | None = None,
     ) -> None:
-        self.engine = engine
+        self.engine = engine  # the model catalogue: listings and request validation
+        self.dispatcher = dispatcher
         self.store = store
-        self.tracker = tracker
         self.results = results
         self.keys = keys
         self.outbound = outbound
@@ -199,15 +199,14 @@ class RunwareService:
     ) -> asyncio.Task[None]:
         """Store the record, queue the job; the tracker's follower (ends with the record)."""
         self._create(record)
-        try:
-            handle = self.engine.submit(job, job_id=record.task_id)
-        except JobError as error:
-            self.store.delete(record.task_id)
-            raise RunwareError.from_engine(error.code.value, error.message) from None
         if encoding is None:
             output = record.params["output"]
             encoding = Encoding(ImageFormat(output["format"]), output["quality"])
-        return self.tracker.follow(record.task_id, handle, encoding)
+        try:
+            return self.dispatcher.submit(record.task_id, job, encoding)
+        except JobError as error:
+            self.store.delete(record.task_id)
+            raise RunwareError.from_engine(error.code.value, error.message) from None
 
     async def _finish(
         self,
@@ -239,16 +238,15 @@ class RunwareService:
 
     async def _upload(self, record: TaskRecord, url: str) -> None:
         for image_id in record.image_ids:
-            path = self.results.path(image_id)
-            fmt = self.results.format_of(image_id)
-            if path is None or fmt is None:
+            found = await asyncio.to_thread(self.results.read, image_id)
+            if found is None:
                 continue
-            data = await asyncio.to_thread(path.read_bytes)
+            data, fmt = found
             try:
                 await self.outbound.put(url, data, MEDIA_TYPES[fmt])
             except OutboundError as error:
                 message = f"uploadEndpoint {error}"
-                self.store.fail(record.task_id, DELIVERY_FAILED, message)
+                self.store.fail_delivery(record.task_id, DELIVERY_FAILED, message)
                 raise RunwareError(Code.DELIVERY_FAILED, message, "uploadEndpoint") from None
 
     async def _post_webhook(self, url: str, payload: dict[str, Any]) -> None:
@@ -291,8 +289,8 @@ class RunwareService:
         fields: dict[str, Any] = {f"{prefix}URL": image_url(caller.base_url, image_id, fmt)}
         types = output.get("types", [DEFAULT_OUTPUT_TYPE])
         if "base64Data" in types or "dataURI" in types:
-            path = self.results.path(image_id)
-            data = b"" if path is None else await asyncio.to_thread(path.read_bytes)
+            found = await asyncio.to_thread(self.results.read, image_id)
+            data = b"" if found is None else found[0]
             encoded = base64.b64encode(data).decode("ascii")
             if "base64Data" in types:
                 fields[f"{prefix}Base64Data"] = encoded
@@ -342,7 +340,7 @@ class RunwareService:
     async def image_upload(self, task: dict[str, Any], caller: Caller) -> list[dict[str, Any]]:
         req = wire.parse(wire.ImageUpload, task)
         image_id = self.inputs.uuid_of(req.image)
-        if image_id is None or self.results.path(image_id) is None:
+        if image_id is None or self.results.format_of(image_id) is None:
             image = await self.inputs.load(req.image, "image")
             image_id = await asyncio.to_thread(self.results.save, image)
         self._record_finished(req.taskUUID, req.taskType, caller, [image_id])
@@ -403,7 +401,7 @@ class RunwareService:
             )
         image = await self.inputs.load(req.inputImage, "inputImage")
         input_id = self.inputs.uuid_of(req.inputImage)
-        if input_id is None or self.results.path(input_id) is None:
+        if input_id is None or self.results.format_of(input_id) is None:
             input_id = await asyncio.to_thread(self.results.save, image)
         job = PreprocessJob(
             image=image,

@@ -98,20 +98,30 @@ class SqliteTaskStore:
             (progress, time.time(), task_id, TaskStatus.RUNNING.value),
         )
 
-    def finish(self, task_id: str, image_ids: list[str], texts: list[str]) -> None:
-        self._execute(
+    def finish(self, task_id: str, image_ids: list[str], texts: list[str]) -> bool:
+        cursor = self._execute(
             "UPDATE tasks SET status = ?, progress = 1, image_ids = ?, texts = ?, updated_at = ?"
-            " WHERE task_id = ?",
+            " WHERE task_id = ? AND status IN (?, ?)",
             (
                 TaskStatus.FINISHED.value,
                 json.dumps(image_ids),
                 json.dumps(texts),
                 time.time(),
                 task_id,
+                *_UNFINISHED,
             ),
         )
+        return cursor.rowcount > 0
 
-    def fail(self, task_id: str, error_code: str, error_message: str) -> None:
+    def fail(self, task_id: str, error_code: str, error_message: str) -> bool:
+        cursor = self._execute(
+            "UPDATE tasks SET status = ?, error_code = ?, error_message = ?, updated_at = ?"
+            " WHERE task_id = ? AND status IN (?, ?)",
+            (TaskStatus.ERROR.value, error_code, error_message, time.time(), task_id, *_UNFINISHED),
+        )
+        return cursor.rowcount > 0
+
+    def fail_delivery(self, task_id: str, error_code: str, error_message: str) -> None:
         self._execute(
             "UPDATE tasks SET status = ?, error_code = ?, error_message = ?, updated_at = ?"
             " WHERE task_id = ?",

@@ -1,0 +1,193 @@
+"""The API replica's side of the cluster: queue jobs on Celery, wait for their records in Redis.
+
+The replica validates a job against its own catalogue (so bad requests fail at once, in the
+protocol's own format), then publishes it to its model's queue when some live worker consumes
+that queue (a worker that has the model loaded), else to the default queue that every worker
+consumes. Workers write progress, images and the final state into Redis; a single watcher per
+replica polls the status of every task a client is waiting on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import redis
+
+from pipelines.engine import Engine
+from pipelines.handle import CANCELLED_BY_REQUEST
+from pipelines.job_codec import JobCodecError, encode_job
+from pipelines.jobs import ErrorCode, Job, JobError
+from server.cluster.celery_app import make_celery
+from server.cluster.config import DEFAULT_QUEUE, TASK_NAME, ClusterConfig, model_queue
+from server.cluster.redis_client import connect
+from server.cluster.redis_results import RedisResultStore
+from server.cluster.redis_tasks import RedisTaskStore
+from server.cluster.registry import WorkerRegistry
+from server.dispatch import Backend
+from server.results import PNG, Encoding
+from server.taskstore import TaskStatus
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 0.05  # how often a replica looks at the tasks its clients wait on
+ROUTES_TTL_S = 1.0  # how long a replica trusts its view of which queues are consumed
+_ENDED = {TaskStatus.FINISHED.value.encode(), TaskStatus.ERROR.value.encode()}
+
+
+def encoding_fields(encoding: Encoding) -> dict[str, Any]:
+    return {"format": encoding.format.value, "quality": encoding.quality}
+
+
+class BrokerDispatcher:
+    resumes_unfinished = True  # tasks live on in Redis and in the queues across restarts
+
+    def __init__(
+        self, engine: Engine, config: ClusterConfig, client: redis.Redis, store: RedisTaskStore
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.client = client
+        self.store = store
+        self.celery = make_celery(config)
+        self.registry = WorkerRegistry(client, config)
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._publishers: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+        self._watcher: asyncio.Task[None] | None = None
+        self._routes: tuple[float, set[str]] = (0.0, set())
+
+    async def start(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        for done in self._waiting.values():
+            done.cancel()
+        self._waiting.clear()
+
+    # --- submitting ---
+
+    def submit(self, task_id: str, job: Job, encoding: Encoding = PNG) -> asyncio.Task[None]:
+        model = self.engine.validate(job)
+        try:
+            payload = encode_job(job)
+        except JobCodecError as error:
+            raise JobError(ErrorCode.INVALID_INPUT, str(error)) from None
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._waiting[task_id] = done
+        code = None if model is None else model.code
+        task = loop.create_task(self._publish_and_wait(task_id, payload, encoding, code, done))
+        self._publishers.add(task)
+        task.add_done_callback(self._publishers.discard)
+        return task
+
+    async def _publish_and_wait(
+        self,
+        task_id: str,
+        payload: dict[str, Any],
+        encoding: Encoding,
+        model: str | None,
+        done: asyncio.Future[None],
+    ) -> None:
+        try:
+            queue = await asyncio.to_thread(self._publish, task_id, payload, encoding, model)
+            log.info("task %s queued on %s", task_id, queue)
+        except Exception as error:  # the broker is unreachable: the record says so
+            log.exception("task %s: cannot queue its job", task_id)
+            self._waiting.pop(task_id, None)
+            message = f"cannot queue the task: {error}"
+            await asyncio.to_thread(self.store.fail, task_id, ErrorCode.INTERNAL.value, message)
+            return
+        await done
+
+    def _publish(
+        self, task_id: str, payload: dict[str, Any], encoding: Encoding, model: str | None
+    ) -> str:
+        queue = self._queue_for(model)
+        self.celery.send_task(
+            TASK_NAME,
+            args=[task_id, payload, encoding_fields(encoding)],
+            queue=queue,
+            task_id=task_id,
+        )
+        return queue
+
+    def _queue_for(self, model: str | None) -> str:
+        """The model's queue while a live worker consumes it, else the default queue."""
+        if model is None:
+            return DEFAULT_QUEUE
+        checked_at, consumed = self._routes
+        if time.monotonic() - checked_at > ROUTES_TTL_S:
+            consumed = self.registry.consumed_queues()
+            self._routes = (time.monotonic(), consumed)
+        queue = model_queue(model)
+        return queue if queue in consumed else DEFAULT_QUEUE
+
+    # --- waiting ---
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            if not self._waiting:
+                continue
+            task_ids = list(self._waiting)
+            try:
+                statuses = await asyncio.to_thread(self._statuses, task_ids)
+            except redis.RedisError as error:
+                log.warning("cannot read task states: %s", error)
+                continue
+            for task_id, status in zip(task_ids, statuses, strict=True):
+                if status is None or status in _ENDED:  # ended, or expired meanwhile
+                    done = self._waiting.pop(task_id, None)
+                    if done is not None and not done.done():
+                        done.set_result(None)
+
+    def _statuses(self, task_ids: list[str]) -> list[bytes | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hget(self.store.key(task_id), "status")
+        return pipe.execute()
+
+    # --- cancelling ---
+
+    def cancel(self, task_id: str) -> bool:
+        """Flag the task for every worker; a task still queued ends here at once."""
+        record = self.store.get(task_id)
+        if record is None or record.status.ended:
+            return False
+        ttl_s = max(1, int(self.config.retention_s))
+        self.client.set(self.config.cancel_key(task_id), b"1", ex=ttl_s)
+        if record.status is TaskStatus.QUEUED:
+            reason = CANCELLED_BY_REQUEST
+            self.store.fail(task_id, reason.code.value, reason.message)
+        return True
+
+    # --- statistics ---
+
+    def stats(self) -> dict[str, Any]:
+        workers = {
+            beat.name: {
+                "devices": beat.devices,
+                "queues": beat.queues,
+                "models": beat.models,
+                "running": beat.running,
+                "stats": beat.stats,
+            }
+            for beat in self.registry.live()
+        }
+        return {"cluster": True, "workers": workers}
+
+
+def broker_backend(engine: Engine, config: ClusterConfig) -> Backend:
+    """Records and images in Redis, jobs on Celery: what an API replica runs on."""
+    client = connect(config.broker_url)
+    store = RedisTaskStore(client, config.retention_s, config.namespace)
+    results = RedisResultStore(client, config.retention_s, config.namespace)
+    return Backend(store, results, BrokerDispatcher(engine, config, client, store))

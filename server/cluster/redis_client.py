@@ -1,0 +1,27 @@
+"""Redis connections that ride out a broker restart instead of failing the work in hand."""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+# An API replica answers a client: it waits a few seconds at most. A worker holding finished
+# images keeps retrying for minutes, so a Redis restart does not lose them.
+API_PATIENCE_S = 5.0
+WORKER_PATIENCE_S = 300.0
+
+
+def connect(url: str, *, patience_s: float = API_PATIENCE_S) -> redis.Redis:
+    """A client for url that retries commands on connection errors for about patience_s."""
+    backoff = ExponentialBackoff(cap=2.0, base=0.05)
+    # Exponential up to the 2 s cap: the first few retries take well under a second each.
+    retries = max(3, int(patience_s / 2.0) + 5)
+    return redis.Redis.from_url(
+        url,
+        retry=Retry(backoff, retries),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_connect_timeout=2.0,
+        socket_timeout=30.0,
+        health_check_interval=10,
+    )

@@ -1,0 +1,135 @@
+"""A whole cluster as real processes: redis-server, `easel serve --broker`, `easel worker`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from tests.e2e.server_process import ServerProcess
+from tests.redis_server import RedisServer
+
+# Short timings so a killed worker's job comes back within seconds (production: hours).
+FAST_RECOVERY = (
+    "--visibility-timeout",
+    "6",
+    "--restore-interval",
+    "1",
+    "--heartbeat",
+    "0.5",
+)
+
+
+def process_data_dir(root: Path, name: str, demo_root: Path) -> Path:
+    """A process's own data directory sharing the demo model built once for the session."""
+    data_dir = root / name
+    data_dir.mkdir(parents=True)
+    (data_dir / "demo").symlink_to(demo_root, target_is_directory=True)
+    return data_dir
+
+
+class WorkerProcess:
+    def __init__(self, data_dir: Path, broker_url: str, name: str, *extra_args: str) -> None:
+        self.name = f"{name}@test"
+        self.broker_url = broker_url
+        self.log_path = data_dir.parent / f"{name}.log"
+        self.args = [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "worker",
+            "--broker",
+            broker_url,
+            "--data-dir",
+            str(data_dir),
+            "--devices",
+            "cpu",
+            "--name",
+            self.name,
+            *extra_args,
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120.0) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        client = redis.Redis.from_url(self.broker_url)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"easel worker exited early:\n{self.log()}")
+            if self.beat(client) is not None:
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"easel worker did not come up:\n{self.log()}")
+
+    def beat(self, client: redis.Redis) -> dict | None:
+        """Its latest heartbeat (queues, models, engine stats), None when it is not alive."""
+        raw = client.get(f"easel:worker:{self.name}")
+        return None if raw is None else json.loads(raw)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no acknowledgement, no goodbye."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Cluster:
+    """Redis, API replicas and workers; stopped in reverse order."""
+
+    def __init__(self, root: Path, demo_root: Path) -> None:
+        self.root = root
+        self.demo_root = demo_root
+        self.redis = RedisServer(root / "redis")
+        self.apis: list[ServerProcess] = []
+        self.workers: list[WorkerProcess] = []
+
+    def start(self, apis: int = 2, workers: int = 2, worker_args: tuple[str, ...] = ()) -> Cluster:
+        self.redis.start()
+        for i in range(apis):
+            data_dir = process_data_dir(self.root, f"api{i}", self.demo_root)
+            server = ServerProcess(data_dir, "--broker", self.redis.url)
+            self.apis.append(server.start())
+        for i in range(workers):
+            self.add_worker(f"worker{i}", *worker_args)
+        return self
+
+    def add_worker(self, name: str, *args: str) -> WorkerProcess:
+        data_dir = process_data_dir(self.root, name, self.demo_root)
+        worker = WorkerProcess(data_dir, self.redis.url, name, *FAST_RECOVERY, *args)
+        self.workers.append(worker.start())
+        return worker
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        for api in self.apis:
+            api.stop()
+        self.redis.stop()
+
+    def logs(self) -> str:
+        parts = [f"--- {w.name}\n{w.log()[-4000:]}" for w in self.workers]
+        parts += [f"--- api {a.port}\n{a.log()[-4000:]}" for a in self.apis]
+        return "\n".join(parts)
