@@ -11,11 +11,13 @@ from __future__ import annotations
 from celery import Celery
 
 from server.cluster.config import DEFAULT_QUEUE, ClusterConfig
+from server.cluster.transport import TRANSPORT
 
 
 def make_celery(config: ClusterConfig) -> Celery:
     app = Celery("easel", broker=config.broker_url, set_as_current=False)
     app.conf.update(
+        broker_transport=TRANSPORT,  # kombu's Redis transport, hardened for broker restarts
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,  # results live in the task records, not in a result backend
