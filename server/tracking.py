@@ -24,11 +24,19 @@ _PROGRESS_STEP = 0.01  # store progress changes of at least 1%
 
 class TaskTracker:
     def __init__(
-        self, store: TaskStore, results: ResultStore, stats: EngineStats | None = None
+        self,
+        store: TaskStore,
+        results: ResultStore,
+        stats: EngineStats | None = None,
+        *,
+        record_interruptions: bool = True,
     ) -> None:
         self.store = store
         self.results = results
         self.stats = stats  # encoding + storing time counts as engine overhead per job
+        # False on cluster workers: a job cut short by the worker's shutdown goes back to the
+        # queue for another worker, so its task must not end here.
+        self.record_interruptions = record_interruptions
         self._followers: set[asyncio.Task[None]] = set()
 
     def follow(
@@ -60,6 +68,9 @@ class TaskTracker:
         try:
             result = await handle.result()
         except JobError as error:
+            if error.code is ErrorCode.INTERRUPTED and not self.record_interruptions:
+                log.info("task %s interrupted: left for another worker", task_id)
+                return
             log.info("task %s ended in error: %s (%s)", task_id, error.code.value, error.message)
             self.store.fail(task_id, error.code.value, error.message)
             return

@@ -69,7 +69,9 @@ class WorkerRuntime:
         self.client = connect(config.broker_url, patience_s=WORKER_PATIENCE_S)
         self.store = RedisTaskStore(self.client, config.retention_s, config.namespace)
         self.results = RedisResultStore(self.client, config.retention_s, config.namespace)
-        self.tracker = TaskTracker(self.store, self.results, engine.stats)
+        self.tracker = TaskTracker(
+            self.store, self.results, engine.stats, record_interruptions=False
+        )
         self.registry = WorkerRegistry(self.client, config)
         self.queues: set[str] = {DEFAULT_QUEUE}  # consumed (only the consumer thread adds)
         # Queues to consume, handed to Celery's consumer thread (see server.cluster.run).
@@ -158,12 +160,15 @@ class WorkerRuntime:
         while True:
             try:
                 running.result(timeout=CANCEL_POLL_S)
-                return
+                break
             except concurrent.futures.TimeoutError:
                 pass
             if not cancelled and self.client.exists(cancel_key):
                 cancelled = True
                 self._loop.call_soon_threadsafe(self._cancel, task_id)
+        record = self.store.get(task_id)
+        if record is not None and not record.status.ended:  # interrupted by a shutdown
+            raise Reject("the worker stopped before the job finished", requeue=True)
 
     async def _follow(self, task_id: str, job: Job, encoding: Encoding) -> None:
         try:

@@ -99,9 +99,10 @@ class WorkerProcess:
 class Cluster:
     """Redis, API replicas and workers; stopped in reverse order."""
 
-    def __init__(self, root: Path, demo_root: Path) -> None:
+    def __init__(self, root: Path, demo_root: Path, *common_args: str) -> None:
         self.root = root
         self.demo_root = demo_root
+        self.common_args = common_args  # for every replica and worker, e.g. --models-dir
         self.redis = RedisServer(root / "redis")
         self.apis: list[ServerProcess] = []
         self.workers: list[WorkerProcess] = []
@@ -110,7 +111,7 @@ class Cluster:
         self.redis.start()
         for i in range(apis):
             data_dir = process_data_dir(self.root, f"api{i}", self.demo_root)
-            server = ServerProcess(data_dir, "--broker", self.redis.url)
+            server = ServerProcess(data_dir, "--broker", self.redis.url, *self.common_args)
             self.apis.append(server.start())
         for i in range(workers):
             self.add_worker(f"worker{i}", *worker_args)
@@ -118,7 +119,9 @@ class Cluster:
 
     def add_worker(self, name: str, *args: str) -> WorkerProcess:
         data_dir = process_data_dir(self.root, name, self.demo_root)
-        worker = WorkerProcess(data_dir, self.redis.url, name, *FAST_RECOVERY, *args)
+        worker = WorkerProcess(
+            data_dir, self.redis.url, name, *FAST_RECOVERY, *self.common_args, *args
+        )
         self.workers.append(worker.start())
         return worker
 

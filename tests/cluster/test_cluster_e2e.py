@@ -9,6 +9,10 @@ of separate tasks share forward passes in a worker.
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -24,20 +28,41 @@ from PIL import Image
 
 from server.cluster.redis_tasks import RedisTaskStore
 from tests.cluster.processes import Cluster
+from tests.e2e.test_runware_sdks import CLIENT_TIMEOUT_S, CLIENTS_DIR, sdk_folder
+from tests.models import tiny
 from tests.picpik_client import PicpikClient
 
-MODEL = {"ModelCode": "PICPIK General", "InferenceParams": {"Steps": 6}}
+MODEL = {"ModelCode": "easel-demo", "InferenceParams": {"Steps": 6}}
 # Long enough (several seconds on 2 CPU cores) to be caught mid-run.
 LONG_JOB = dict(
-    MainModel={"ModelCode": "PICPIK General", "InferenceParams": {"Steps": 100}},
+    MainModel={"ModelCode": "easel-demo", "InferenceParams": {"Steps": 100}},
     Width=192,
     Height=192,
 )
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Iterator[Cluster]:
-    running = Cluster(tmp_path_factory.mktemp("cluster"), demo_root)
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every replica and worker shares the catalogue: the demo model, and a tiny checkpoint
+    under the Runware AIR id the official SDK's scenarios ask for."""
+    root = tmp_path_factory.mktemp("models")
+    pipe = tiny.tiny_sd1_pipeline(tmp_path_factory.mktemp("tokenizers"))
+    tiny.save_single_file(pipe, root / "checkpoints" / "tiny.safetensors")
+    tiny.save_config_dir(pipe, root / "configs" / "tiny", like="sd15")
+    (root / "manifest.toml").write_text(
+        '[aliases]\n"runware:100@1" = "tiny"\n'
+        '[models."checkpoints/tiny.safetensors"]\nconfig = "configs/tiny"\n'
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, demo_root: Path, models_dir: Path
+) -> Iterator[Cluster]:
+    running = Cluster(
+        tmp_path_factory.mktemp("cluster"), demo_root, "--models-dir", str(models_dir)
+    )
     try:
         yield running.start(apis=2, workers=2)
     except BaseException:
@@ -162,6 +187,34 @@ def test_runware_sync_task_and_conflicting_task_uuid(cluster: Cluster) -> None:
     assert again["errors"][0]["code"] == "conflictTaskUUID"
 
 
+def test_the_official_runware_sdk_runs_against_a_replica(cluster: Cluster, tmp_path: Path) -> None:
+    """runware-sdk 1.x over its WebSocket: default async delivery (ACK, then getResponse
+    polling) and sync delivery, the images served by the other replica too."""
+    first, second = (api.url for api in cluster.apis)
+    command = [
+        sys.executable,
+        str(CLIENTS_DIR / "runware_sdk_1.py"),
+        first,
+        "any-key",  # the cluster runs open
+        "websocket",
+        "txt2img,txt2img_sync",
+        str(tmp_path),
+    ]
+    sdk = sdk_folder("runware-sdk")
+    env = {**os.environ, "PYTHONPATH": str(sdk), "RUNWARE_API_KEY": ""}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S, env=env
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for scenario in ("txt2img", "txt2img_sync"):
+        assert results[scenario]["ok"], results[scenario]
+        images = results[scenario]["images"]
+        assert [image["seed"] for image in images] == [1234, 1235]
+        pixels = [download(second + image["imageURL"][len(first) :]) for image in images]
+        assert not np.array_equal(pixels[0], pixels[1])
+
+
 def test_terminate_task_through_the_replica_that_did_not_accept_it(cluster: Cluster) -> None:
     first, second = (picpik(api.url) for api in cluster.apis)
     reply = first.call("GenerateImages", Seed=1, **LONG_JOB)
@@ -200,7 +253,7 @@ def test_jobs_of_separate_tasks_share_forward_passes_in_a_worker(cluster: Cluste
     results: list[dict[str, Any]] = []
 
     def submit(i: int) -> None:
-        job = {"ModelCode": "PICPIK General", "InferenceParams": {"Steps": 20}}
+        job = {"ModelCode": "easel-demo", "InferenceParams": {"Steps": 20}}
         detail = clients[i % 2].generate(
             MainModel=job, PositivePrompts=[f"prompt {i}"], Width=64, Height=64, Seed=i
         )

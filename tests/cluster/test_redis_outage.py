@@ -45,7 +45,7 @@ def test_worker_rides_out_a_redis_restart(small_cluster: Cluster) -> None:
     assert store.attempts(task_id) == 1  # finished by the run that lived through the outage
     # The worker is connected again: a new task runs.
     after = client.generate(
-        MainModel={"ModelCode": "PICPIK General", "InferenceParams": {"Steps": 6}},
+        MainModel={"ModelCode": "easel-demo", "InferenceParams": {"Steps": 6}},
         Width=64,
         Height=64,
         Seed=1,
