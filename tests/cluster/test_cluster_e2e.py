@@ -267,6 +267,11 @@ def test_jobs_of_separate_tasks_share_forward_passes_in_a_worker(cluster: Cluste
     assert [d["Status"] for d in results] == ["Finished"] * 8
     time.sleep(2)  # the next heartbeats carry the workers' statistics
     assert _batched_forwards(cluster) > before
+    # Workers that loaded the model took its queue: its next jobs go straight to them.
+    stats = httpx.get(cluster.apis[1].url + "/engine/stats", timeout=10).json()
+    holders = [w for w in stats["workers"].values() if "easel-demo" in w["models"]]
+    assert holders
+    assert all("easel.model.easel-demo" in w["queues"] for w in holders)
 
 
 def _batched_forwards(cluster: Cluster) -> int:
