@@ -33,7 +33,7 @@ def make_celery(config: ClusterConfig) -> Celery:
             "visibility_timeout": config.visibility_timeout_s,
             "unacked_restore_interval": config.restore_interval_s,
             "unacked_restore_throttle": 1,
-            "global_keyprefix": f"{config.namespace}:broker:",
+            "global_keyprefix": config.broker_prefix,
         },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

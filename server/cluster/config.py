@@ -39,12 +39,23 @@ class ClusterConfig:
     def lease_key(self, task_id: str) -> str:
         return f"{self.namespace}:lease:{task_id}"
 
-    def worker_key(self, name: str) -> str:
-        return f"{self.namespace}:worker:{name}"
+    @property
+    def workers_key(self) -> str:
+        """A hash: worker name -> its latest heartbeat (server.cluster.registry)."""
+        return f"{self.namespace}:workers"
 
     @property
-    def worker_pattern(self) -> str:
-        return f"{self.namespace}:worker:*"
+    def model_queues_key(self) -> str:
+        """A set of every model queue jobs were ever sent to (to find abandoned ones)."""
+        return f"{self.namespace}:model-queues"
+
+    def broker_key(self, queue: str) -> str:
+        """The Redis list behind a Celery queue (kombu prefixes every broker key)."""
+        return f"{self.broker_prefix}{queue}"
+
+    @property
+    def broker_prefix(self) -> str:
+        return f"{self.namespace}:broker:"
 
 
 def model_queue(code: str) -> str:

@@ -111,6 +111,8 @@ class BrokerDispatcher:
         self, task_id: str, payload: dict[str, Any], encoding: Encoding, model: str | None
     ) -> str:
         queue = self._queue_for(model)
+        if queue != DEFAULT_QUEUE:
+            self.client.sadd(self.config.model_queues_key, queue)
         self.celery.send_task(
             TASK_NAME,
             args=[task_id, payload, encoding_fields(encoding)],

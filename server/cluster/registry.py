@@ -15,6 +15,8 @@ import redis
 
 from server.cluster.config import ClusterConfig
 
+FORGET_AFTER_LEASES = 100  # a worker silent this long is dropped from the hash
+
 
 @dataclass
 class WorkerBeat:
@@ -28,28 +30,35 @@ class WorkerBeat:
 
 
 class WorkerRegistry:
+    """Heartbeats in one Redis hash (name -> beat): reading them never scans the keyspace,
+    which holds every task record and image."""
+
     def __init__(self, client: redis.Redis, config: ClusterConfig) -> None:
         self.client = client
         self.config = config
 
     def publish(self, beat: WorkerBeat) -> None:
-        """Announce the worker for three heartbeats; it must beat again before they pass."""
+        """Announce the worker; it counts as alive for three heartbeats from now."""
         beat.at = time.time()
-        ttl_ms = int(self.config.lease_s * 1000)
-        self.client.set(self.config.worker_key(beat.name), json.dumps(asdict(beat)), px=ttl_ms)
+        self.client.hset(self.config.workers_key, beat.name, json.dumps(asdict(beat)))
 
     def withdraw(self, name: str) -> None:
-        self.client.delete(self.config.worker_key(name))
+        self.client.hdel(self.config.workers_key, name)
 
     def live(self) -> list[WorkerBeat]:
-        keys = sorted(self.client.scan_iter(match=self.config.worker_pattern, count=100))
-        if not keys:
-            return []
-        beats = []
-        for raw in self.client.mget(keys):
-            if raw is not None:  # expired between the scan and the read
-                beats.append(WorkerBeat(**json.loads(raw)))
-        return beats
+        """Workers whose last beat is recent. Long-dead ones are forgotten (not those just
+        missed: a live worker may be writing its next beat right now)."""
+        now = time.time()
+        beats, forgotten = [], []
+        for raw in self.client.hgetall(self.config.workers_key).values():
+            beat = WorkerBeat(**json.loads(raw))
+            if beat.at >= now - self.config.lease_s:
+                beats.append(beat)
+            elif beat.at < now - FORGET_AFTER_LEASES * self.config.lease_s:
+                forgotten.append(beat.name)
+        if forgotten:
+            self.client.hdel(self.config.workers_key, *forgotten)
+        return sorted(beats, key=lambda beat: beat.name)
 
     def consumed_queues(self) -> set[str]:
         return {queue for beat in self.live() for queue in beat.queues}

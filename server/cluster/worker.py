@@ -31,7 +31,7 @@ from pipelines.engine import Engine
 from pipelines.handle import CANCELLED_BY_REQUEST, JobHandle
 from pipelines.job_codec import JobCodecError, decode_job
 from pipelines.jobs import ErrorCode, Job, JobError
-from server.cluster.config import DEFAULT_QUEUE, MODEL_QUEUE_PREFIX, ClusterConfig, model_queue
+from server.cluster.config import DEFAULT_QUEUE, ClusterConfig, model_queue
 from server.cluster.redis_client import WORKER_PATIENCE_S, connect
 from server.cluster.redis_results import RedisResultStore
 from server.cluster.redis_tasks import RedisTaskStore
@@ -220,10 +220,9 @@ class WorkerRuntime:
 
     def _orphaned_queues(self) -> set[str]:
         """Model queues holding jobs that no live worker consumes (their worker died)."""
-        prefix = f"{self.config.namespace}:broker:"
-        pending: set[str] = set()
-        for key in self.client.scan_iter(match=f"{prefix}{MODEL_QUEUE_PREFIX}*", count=100):
-            name = key.decode(errors="replace")[len(prefix) :]
-            if "\x06" not in name and self.client.llen(key) > 0:  # \x06: priority sub-queues
-                pending.add(name)
+        queues = [q.decode() for q in self.client.smembers(self.config.model_queues_key)]
+        pipe = self.client.pipeline(transaction=False)
+        for name in queues:
+            pipe.llen(self.config.broker_key(name))
+        pending = {name for name, length in zip(queues, pipe.execute(), strict=True) if length}
         return pending - self.registry.consumed_queues() if pending else set()

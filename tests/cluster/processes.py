@@ -73,8 +73,9 @@ class WorkerProcess:
 
     def beat(self, client: redis.Redis) -> dict | None:
         """Its latest heartbeat (queues, models, engine stats), None when it is not alive."""
-        raw = client.get(f"easel:worker:{self.name}")
-        return None if raw is None else json.loads(raw)
+        raw = client.hget("easel:workers", self.name)
+        beat = None if raw is None else json.loads(raw)
+        return beat if beat is not None and time.time() - beat["at"] < 10 else None
 
     def kill(self) -> None:
         """kill -9: no shutdown, no acknowledgement, no goodbye."""
