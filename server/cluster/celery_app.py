@@ -37,6 +37,6 @@ def make_celery(config: ClusterConfig) -> Celery:
         },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
-        worker_enable_remote_control=True,  # workers subscribe themselves to model queues
+        worker_enable_remote_control=True,  # `celery inspect` / `ping` for operators
     )
     return app

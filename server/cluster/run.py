@@ -20,7 +20,7 @@ SUBSCRIBE_POLL_S = 0.5  # how soon a worker starts consuming a queue its heartbe
 
 
 def node_name(name: str | None) -> str:
-    """Celery node names are name@host; remote control (add_consumer) addresses them."""
+    """Celery node names are name@host; the registry and the job leases use the same name."""
     name = name or f"easel-{os.getpid()}"
     return name if "@" in name else f"{name}@{socket.gethostname()}"
 

@@ -64,7 +64,7 @@ class WorkerRuntime:
     def __init__(self, engine: Engine, config: ClusterConfig, name: str, celery: Celery) -> None:
         self.engine = engine
         self.config = config
-        self.name = name  # the Celery node name (name@host): remote control targets it
+        self.name = name  # the Celery node name (name@host), also its name in the registry
         self.celery = celery
         self.client = connect(config.broker_url, patience_s=WORKER_PATIENCE_S)
         self.store = RedisTaskStore(self.client, config.retention_s, config.namespace)
@@ -108,7 +108,7 @@ class WorkerRuntime:
         self._beat_thread.join(timeout=10)
         try:
             self.registry.withdraw(self.name)
-        except Exception:  # Redis gone: the heartbeat key expires by itself
+        except Exception:  # Redis gone: the beat goes stale by itself
             log.warning("could not withdraw %s from the registry", self.name)
 
     # --- one delivered task (a Celery pool thread) ---
