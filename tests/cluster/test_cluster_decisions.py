@@ -4,6 +4,7 @@ not run (ended, cancelled, leased by a live worker, unreadable)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -13,15 +14,18 @@ import pytest
 import redis
 
 from pipelines.batching.stats import EngineStats
+from pipelines.handle import JobHandle
 from pipelines.job_codec import encode_job
-from pipelines.jobs import GenerationJob, JobKind
+from pipelines.jobs import ErrorCode, GenerationJob, JobError, JobKind
 from server.cluster.celery_app import make_celery
 from server.cluster.config import DEFAULT_QUEUE, ClusterConfig, model_queue
 from server.cluster.dispatch import BrokerDispatcher
+from server.cluster.redis_results import RedisResultStore
 from server.cluster.redis_tasks import RedisTaskStore
 from server.cluster.registry import WorkerBeat, WorkerRegistry
 from server.cluster.worker import WorkerRuntime
 from server.taskstore import TaskRecord, TaskStatus
+from server.tracking import TaskTracker
 from tests.redis_server import RedisServer
 
 
@@ -212,3 +216,23 @@ def test_registry_lists_live_workers_only(config: ClusterConfig, client: redis.R
     assert registry.consumed_queues() == {DEFAULT_QUEUE, "easel.model.m"}
     registry.withdraw("a@x")
     assert [beat.name for beat in registry.live()] == ["b@x"]
+
+
+def test_a_job_interrupted_on_a_worker_leaves_its_task_for_another(
+    config: ClusterConfig, client: redis.Redis
+) -> None:
+    store = RedisTaskStore(client, 60)
+    results = RedisResultStore(client, 60)
+    task_id = queued(store)
+
+    async def interrupted(tracker: TaskTracker, task: str) -> None:
+        handle = JobHandle(task, job(), asyncio.get_running_loop(), lambda _: None)
+        follower = tracker.follow(task, handle)
+        handle.fail(JobError(ErrorCode.INTERRUPTED, "the worker stopped"))
+        await follower
+
+    asyncio.run(interrupted(TaskTracker(store, results, record_interruptions=False), task_id))
+    assert store.get(task_id).status is TaskStatus.QUEUED  # the message goes back to the queue
+    # On one machine an interruption is final: the task ends as interrupted.
+    asyncio.run(interrupted(TaskTracker(store, results), task_id))
+    assert store.get(task_id).error_code == "interrupted"

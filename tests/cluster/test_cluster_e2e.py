@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -307,6 +308,25 @@ def test_a_killed_worker_task_finishes_once(cluster: Cluster) -> None:
     assert images_after - images_before == 2  # no image of the lost run, no duplicates
     assert [download(url).shape for url in detail["ImgList"]] == [(192, 192, 3)] * 2
     cluster.add_worker("worker-replacement")
+
+
+def test_a_worker_told_to_stop_finishes_its_running_job_first(cluster: Cluster) -> None:
+    client = cluster.redis.client()
+    store = RedisTaskStore(client, 3600)
+    first, second = (picpik(api.url) for api in cluster.apis)
+    reply = first.call("GenerateImages", Seed=8, **LONG_JOB)
+    task_id = reply["TaskUID"]
+    wait_running(second, task_id)
+    holder = client.get(f"easel:lease:{task_id}").decode()
+    worker = next(w for w in cluster.workers if w.name == holder)
+    assert worker.process is not None
+    worker.process.send_signal(signal.SIGTERM)  # warm shutdown: no new jobs, finish this one
+    detail = second.wait(task_id, timeout=120)
+    assert detail["Status"] == "Finished", detail
+    assert store.attempts(task_id) == 1  # finished by the worker that was stopping
+    assert worker.process.wait(60) == 0
+    cluster.workers.remove(worker)
+    cluster.add_worker("worker-after-stop")
 
 
 def _data_uri(image: Image.Image) -> str:
