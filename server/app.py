@@ -28,7 +28,7 @@ from server.runware.router import runware_router
 from server.runware.serving import RunwareService
 from server.runware.sessions import SessionRegistry
 from server.settings import Settings
-from server.taskstore import TaskStore
+from server.taskstore import TaskStore, interrupt_unfinished
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if not dispatcher.resumes_unfinished:
-            interrupted = store.interrupt_unfinished(
+            interrupted = interrupt_unfinished(
+                store,
                 ErrorCode.INTERRUPTED.value,
                 "the server restarted before the task finished: submit it again",
             )

@@ -176,13 +176,6 @@ class RedisTaskStore:
             r for r in records if r.status in _UNFINISHED and (owner is None or r.owner == owner)
         ]
 
-    def interrupt_unfinished(self, error_code: str, error_message: str) -> list[str]:
-        """End every task a previous run left queued or running; their ids."""
-        ids = [r.task_id for r in self.unfinished()]
-        for task_id in ids:
-            self.fail(task_id, error_code, error_message)
-        return ids
-
     def expired(self, before: float) -> list[TaskRecord]:
         """Always empty: each record key carries the retention time as its TTL, and Redis
         deletes it itself (result images too), so there is nothing left to sweep."""

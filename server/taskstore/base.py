@@ -67,8 +67,6 @@ class TaskStore(Protocol):
 
     def unfinished(self, owner: str | None = None) -> list[TaskRecord]: ...
 
-    def interrupt_unfinished(self, error_code: str, error_message: str) -> list[str]: ...
-
     def expired(self, before: float) -> list[TaskRecord]: ...
 
     def add_usage(self, owner: str, points: int) -> None: ...
@@ -76,3 +74,11 @@ class TaskStore(Protocol):
     def usage(self, owner: str) -> int: ...
 
     def close(self) -> None: ...
+
+
+def interrupt_unfinished(store: TaskStore, error_code: str, error_message: str) -> list[str]:
+    """End every task a previous process left queued or running (any store); their ids."""
+    ids = [record.task_id for record in store.unfinished()]
+    for task_id in ids:
+        store.fail(task_id, error_code, error_message)
+    return ids

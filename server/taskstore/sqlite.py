@@ -138,13 +138,6 @@ class SqliteTaskStore:
             sql, args = sql + " AND owner = ?", (*args, owner)
         return self._query(sql + " ORDER BY created_at", args)
 
-    def interrupt_unfinished(self, error_code: str, error_message: str) -> list[str]:
-        """End every task a previous process left queued or running; their ids."""
-        ids = [r.task_id for r in self.unfinished()]
-        for task_id in ids:
-            self.fail(task_id, error_code, error_message)
-        return ids
-
     def expired(self, before: float) -> list[TaskRecord]:
         return self._query("SELECT * FROM tasks WHERE created_at < ?", (before,))
 

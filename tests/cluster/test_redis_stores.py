@@ -21,7 +21,7 @@ from server.cluster.redis_results import RedisResultStore
 from server.cluster.redis_tasks import RedisTaskStore
 from server.results import Encoding, FileResultStore, ImageFormat, ResultStore, encode
 from server.taskstore import SqliteTaskStore, TaskRecord, TaskStatus
-from server.taskstore.base import TaskExists, TaskStore
+from server.taskstore.base import TaskExists, TaskStore, interrupt_unfinished
 from tests.redis_server import RedisServer
 
 TTL_S = 3600.0
@@ -207,7 +207,7 @@ def test_unfinished_and_interrupt(tasks: TaskStore) -> None:
     assert [r.task_id for r in tasks.unfinished()] == ["d", "b", "a"]
     assert [r.task_id for r in tasks.unfinished("x")] == ["d", "a"]
     assert tasks.unfinished("nobody") == []
-    assert sorted(tasks.interrupt_unfinished("interrupted", "restart")) == ["a", "b", "d"]
+    assert sorted(interrupt_unfinished(tasks, "interrupted", "restart")) == ["a", "b", "d"]
     assert tasks.unfinished() == []
     assert (tasks.get("a").status, tasks.get("a").error_message) == (TaskStatus.ERROR, "restart")
     assert tasks.get("c").status is TaskStatus.FINISHED

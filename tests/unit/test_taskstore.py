@@ -1,4 +1,8 @@
-"""The SQLite task store: lifecycle, persistence across reopen, interruption, usage."""
+"""The SQLite task store keeps its records across a reopen.
+
+The contract every store shares (transitions, interruption, usage) is tested on SQLite and
+Redis alike in tests/cluster/test_redis_stores.py.
+"""
 
 from __future__ import annotations
 
@@ -39,38 +43,3 @@ def test_lifecycle_and_reopen(tmp_path: Path) -> None:
     assert record.params == {"width": 64}
     assert record.progress == 1.0
     assert reopened.get("missing") is None
-
-
-def test_progress_never_moves_an_ended_task(tmp_path: Path) -> None:
-    store = SqliteTaskStore(tmp_path / "t.sqlite3")
-    store.create(_record("t"))
-    store.fail("t", "cancelled", "stop")
-    store.mark_running("t")
-    store.set_progress("t", 0.3)
-    record = store.get("t")
-    assert (record.status, record.progress, record.error_code) == (
-        TaskStatus.ERROR,
-        0.0,
-        "cancelled",
-    )
-
-
-def test_unfinished_and_interrupt(tmp_path: Path) -> None:
-    store = SqliteTaskStore(tmp_path / "t.sqlite3")
-    for task_id, owner in (("a", "x"), ("b", "y"), ("c", "x")):
-        store.create(_record(task_id, owner))
-    store.mark_running("b")
-    store.finish("c", [], [])
-    assert [r.task_id for r in store.unfinished()] == ["a", "b"]
-    assert [r.task_id for r in store.unfinished("x")] == ["a"]
-    assert sorted(store.interrupt_unfinished("interrupted", "restart")) == ["a", "b"]
-    assert store.unfinished() == []
-    assert store.get("b").error_message == "restart"
-
-
-def test_usage_accumulates_per_owner(tmp_path: Path) -> None:
-    store = SqliteTaskStore(tmp_path / "t.sqlite3")
-    store.add_usage("x", 3)
-    store.add_usage("x", 4)
-    store.add_usage("y", 1)
-    assert (store.usage("x"), store.usage("y"), store.usage("z")) == (7, 1, 0)
