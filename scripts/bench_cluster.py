@@ -99,24 +99,17 @@ def main() -> None:
         demo = root / "demo-root"
         ensure_demo_model(demo)
         rows = []
-        single = ServerProcess(process_data_dir(root, "single", demo)).start()
-        try:
+        with ServerProcess(process_data_dir(root, "single", demo)) as single:
             latencies = sequential(single.url, args.tasks, args.steps)
             rate = concurrent([single.url], args.concurrency, args.per_client, args.steps)
             rows.append(summary("one server", latencies, rate, mean_batch(single.url)))
-        finally:
-            single.stop()
-        cluster = Cluster(root / "cluster", demo)
-        try:
-            cluster.start(apis=1, workers=args.workers)
+        with Cluster(root / "cluster", demo).running(apis=1, workers=args.workers) as cluster:
             url = cluster.apis[0].url
             latencies = sequential(url, args.tasks, args.steps)
             rate = concurrent([url], args.concurrency, args.per_client, args.steps)
             time.sleep(1.5)  # the workers' next heartbeats carry their statistics
             name = f"cluster: 1 replica, {args.workers} worker(s)"
             rows.append(summary(name, latencies, rate, mean_batch(url)))
-        finally:
-            cluster.stop()
     print(f"{args.steps} steps, 64x64, sequential tasks: {args.tasks}, ", end="")
     print(f"concurrent: {args.concurrency} clients x {args.per_client} tasks")
     print("| setup | mean ms | p50 ms | p95 ms | concurrent img/s | mean batch |")

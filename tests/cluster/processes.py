@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
-from tests.e2e.server_process import ServerProcess
+from tests.e2e.server_process import EaselProcess, ServerProcess
 from tests.redis_server import RedisServer
 
 # Short timings so a killed worker's job comes back within seconds (production: hours).
@@ -34,12 +34,11 @@ def process_data_dir(root: Path, name: str, demo_root: Path) -> Path:
     return data_dir
 
 
-class WorkerProcess:
+class WorkerProcess(EaselProcess):
     def __init__(self, data_dir: Path, broker_url: str, name: str, *extra_args: str) -> None:
         self.name = f"{name}@test"
-        self.broker_url = broker_url
-        self.log_path = data_dir.parent / f"{name}.log"
-        self.args = [
+        self.client = redis.Redis.from_url(broker_url)
+        args = [
             sys.executable,
             "-m",
             "server.cli",
@@ -54,69 +53,58 @@ class WorkerProcess:
             self.name,
             *extra_args,
         ]
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(args, data_dir.parent / f"{name}.log")
 
-    def start(self, timeout: float = 120.0) -> WorkerProcess:
-        log = self.log_path.open("ab")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
-        client = redis.Redis.from_url(self.broker_url)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"easel worker exited early:\n{self.log()}")
-            if self.beat(client) is not None:
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"easel worker did not come up:\n{self.log()}")
+    def ready(self) -> bool:
+        return self.beat() is not None
 
-    def beat(self, client: redis.Redis) -> dict | None:
+    def beat(self) -> dict | None:
         """Its latest heartbeat (queues, models, engine stats), None when it is not alive."""
-        raw = client.hget("easel:workers", self.name)
+        raw = self.client.hget("easel:workers", self.name)
         beat = None if raw is None else json.loads(raw)
         return beat if beat is not None and time.time() - beat["at"] < 10 else None
 
     def kill(self) -> None:
         """kill -9: no shutdown, no acknowledgement, no goodbye."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        self.stop(signal.SIGKILL)
 
 
 class Cluster:
     """Redis, API replicas and workers; stopped in reverse order."""
 
-    def __init__(self, root: Path, demo_root: Path, *common_args: str) -> None:
+    def __init__(
+        self, root: Path, demo_root: Path, *common_args: str, persistent_redis: bool = False
+    ) -> None:
         self.root = root
         self.demo_root = demo_root
         self.common_args = common_args  # for every replica and worker, e.g. --models-dir
-        self.redis = RedisServer(root / "redis")
+        self.redis = RedisServer(root / "redis", persistent=persistent_redis)
         self.apis: list[ServerProcess] = []
         self.workers: list[WorkerProcess] = []
 
-    def start(self, apis: int = 2, workers: int = 2, worker_args: tuple[str, ...] = ()) -> Cluster:
+    def start(self, apis: int = 2, workers: int = 2) -> Cluster:
         self.redis.start()
         for i in range(apis):
             data_dir = process_data_dir(self.root, f"api{i}", self.demo_root)
             server = ServerProcess(data_dir, "--broker", self.redis.url, *self.common_args)
             self.apis.append(server.start())
         for i in range(workers):
-            self.add_worker(f"worker{i}", *worker_args)
+            self.add_worker(f"worker{i}")
         return self
+
+    @contextlib.contextmanager
+    def running(self, apis: int = 2, workers: int = 2) -> Iterator[Cluster]:
+        """Started, and stopped on the way out; the logs are printed if it does not come up."""
+        try:
+            self.start(apis, workers)
+        except BaseException:
+            print(self.logs())
+            self.stop()
+            raise
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def add_worker(self, name: str, *args: str) -> WorkerProcess:
         data_dir = process_data_dir(self.root, name, self.demo_root)

@@ -29,13 +29,6 @@ from server.tracking import TaskTracker
 from tests.redis_server import RedisServer
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def config(redis_server: RedisServer) -> Iterator[ClusterConfig]:
     redis_server.client().flushdb()

@@ -28,18 +28,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from server.cluster.redis_tasks import RedisTaskStore
+from tests.cluster.clients import LONG_JOB, download, picpik, wait_running
 from tests.cluster.processes import Cluster
 from tests.e2e.test_runware_sdks import CLIENT_TIMEOUT_S, CLIENTS_DIR, sdk_folder
 from tests.models import tiny
 from tests.picpik_client import PicpikClient
 
 MODEL = {"ModelCode": "easel-demo", "InferenceParams": {"Steps": 6}}
-# Long enough (several seconds on 2 CPU cores) to be caught mid-run.
-LONG_JOB = dict(
-    MainModel={"ModelCode": "easel-demo", "InferenceParams": {"Steps": 100}},
-    Width=192,
-    Height=192,
-)
 
 
 @pytest.fixture(scope="module")
@@ -61,26 +56,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cluster(
     tmp_path_factory: pytest.TempPathFactory, demo_root: Path, models_dir: Path
 ) -> Iterator[Cluster]:
-    running = Cluster(
-        tmp_path_factory.mktemp("cluster"), demo_root, "--models-dir", str(models_dir)
-    )
-    try:
-        yield running.start(apis=2, workers=2)
-    except BaseException:
-        print(running.logs())
-        raise
-    finally:
-        running.stop()
-
-
-def picpik(url: str) -> PicpikClient:
-    return PicpikClient(httpx.Client(base_url=url, timeout=60))
-
-
-def download(url: str) -> np.ndarray:
-    response = httpx.get(url, timeout=30)
-    assert response.status_code == 200, url
-    return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+    root = tmp_path_factory.mktemp("cluster")
+    with Cluster(root, demo_root, "--models-dir", str(models_dir)).running(apis=2, workers=2) as up:
+        yield up
 
 
 def runware(url: str, *tasks: dict[str, Any], status: int = 200) -> dict[str, Any]:
@@ -100,17 +78,6 @@ def inference(**fields: Any) -> dict[str, Any]:
         "steps": 4,
         **fields,
     }
-
-
-def wait_running(client: PicpikClient, task_id: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        detail = client.call("ListTasksDetails", TaskUIDList=[task_id])["TaskDetailList"][0]
-        assert detail["Status"] not in ("Finished", "Error"), detail
-        if detail["Progress"] > 0:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"task {task_id} did not start")
 
 
 def test_picpik_task_submitted_to_one_replica_is_polled_and_downloaded_from_the_other(

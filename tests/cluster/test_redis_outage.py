@@ -10,22 +10,15 @@ import httpx
 import pytest
 
 from server.cluster.redis_tasks import RedisTaskStore
+from tests.cluster.clients import LONG_JOB, download, picpik, wait_running
 from tests.cluster.processes import Cluster
-from tests.cluster.test_cluster_e2e import LONG_JOB, download, picpik, wait_running
-from tests.redis_server import RedisServer
 
 
 @pytest.fixture()
 def small_cluster(tmp_path: Path, demo_root: Path) -> Iterator[Cluster]:
-    running = Cluster(tmp_path, demo_root)
-    running.redis = RedisServer(tmp_path / "redis", persistent=True)  # survives a restart
-    try:
-        yield running.start(apis=1, workers=1)
-    except BaseException:
-        print(running.logs())
-        raise
-    finally:
-        running.stop()
+    # Append-only Redis: its data survive the restart.
+    with Cluster(tmp_path, demo_root, persistent_redis=True).running(apis=1, workers=1) as up:
+        yield up
 
 
 def test_worker_rides_out_a_redis_restart(small_cluster: Cluster) -> None:

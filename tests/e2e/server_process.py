@@ -1,4 +1,4 @@
-"""Run `easel serve` as a real process on a free loopback port, as a user would."""
+"""Run `easel serve` (and, with EaselProcess, other `easel` commands) as real processes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -30,46 +31,38 @@ def run_easel(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess
     )
 
 
-class ServerProcess:
-    def __init__(self, data_dir: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir.parent / f"{data_dir.name}-server-{self.port}.log"
-        self.args = [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(data_dir),
-            *extra_args,
-        ]
+class EaselProcess:
+    """A long-running `easel` command with its output in a log file; start() returns once
+    ready() says it is up."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 120.0) -> ServerProcess:
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 120.0) -> Self:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env
         )
+        command = self.args[3]  # after `python -m server.cli`: serve, worker...
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"easel serve exited early:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
+                raise RuntimeError(f"easel {command} exited early:\n{self.log()}")
+            if self.ready():
+                return self
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"easel serve did not come up:\n{self.log()}")
+        raise RuntimeError(f"easel {command} did not come up:\n{self.log()}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        assert self.process is not None
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
+        if self.process is None:
+            return None
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:
@@ -82,8 +75,33 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+class ServerProcess(EaselProcess):
+    def __init__(self, data_dir: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+            *extra_args,
+        ]
+        super().__init__(args, data_dir.parent / f"{data_dir.name}-server-{self.port}.log", env)
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
