@@ -7,6 +7,7 @@ and written in a helper thread so the loop never blocks on PNG encoding or the d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from PIL.Image import Image
@@ -92,9 +93,8 @@ class TaskTracker:
             self.results.delete(image_id)
 
     def _save(self, images: tuple[Image, ...], encoding: Encoding) -> list[str]:
-        if self.stats is None:
-            return [self.results.save(image, encoding) for image in images]
-        with self.stats.overhead("encode_store"):
+        timing = self.stats.overhead("encode_store") if self.stats else contextlib.nullcontext()
+        with timing:
             return [self.results.save(image, encoding) for image in images]
 
     async def drain(self, timeout: float = 10.0) -> None:

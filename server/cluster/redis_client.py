@@ -25,3 +25,10 @@ def connect(url: str, *, patience_s: float = API_PATIENCE_S) -> redis.Redis:
         socket_timeout=30.0,
         health_check_interval=10,
     )
+
+
+def ttl_ms(ttl_s: float) -> int:
+    """A retention time as a Redis expiry in milliseconds (fractions of a second count)."""
+    if ttl_s <= 0:
+        raise ValueError(f"ttl_s must be positive, not {ttl_s}")
+    return max(1, round(ttl_s * 1000))

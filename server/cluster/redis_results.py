@@ -12,15 +12,14 @@ from __future__ import annotations
 import redis
 from PIL.Image import Image
 
+from server.cluster.redis_client import ttl_ms
 from server.results import PNG, Encoding, ImageFormat, encode, is_image_id, new_image_id
 
 
 class RedisResultStore:
     def __init__(self, client: redis.Redis, ttl_s: float, namespace: str = "easel") -> None:
-        if ttl_s <= 0:
-            raise ValueError(f"ttl_s must be positive, not {ttl_s}")
         self._client = client
-        self._ttl_ms = max(1, round(ttl_s * 1000))
+        self._ttl_ms = ttl_ms(ttl_s)
         self._namespace = namespace
 
     def key(self, image_id: str) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from server.cluster.redis_client import ttl_ms
 from server.taskstore.base import TaskExists, TaskRecord, TaskStatus
 
 # Fails when the key exists; otherwise writes the whole record, its expiry and its index entry in
@@ -94,10 +95,8 @@ class RedisTaskStore:
     """TaskStore over Redis. Records expire with retention, so expired() is always empty."""
 
     def __init__(self, client: redis.Redis, ttl_s: float, namespace: str = "easel") -> None:
-        if ttl_s <= 0:
-            raise ValueError(f"ttl_s must be positive, not {ttl_s}")
         self._client = client
-        self._ttl_ms = max(1, round(ttl_s * 1000))
+        self._ttl_ms = ttl_ms(ttl_s)
         self._namespace = namespace
         self._index = f"{namespace}:tasks:unfinished"
         self._create = client.register_script(_CREATE)
