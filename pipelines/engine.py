@@ -19,6 +19,7 @@ from models.cache import PipelineCache
 from models.catalogue import Catalogue, ModelKind, ModelSpec, UnknownModelError
 from models.manifest import ManifestError
 from models.registry import build_catalogue
+from models.utility_models import UtilityModel, UtilityModelMissing, find
 from pipelines.batching.budget import MemoryBudget, cuda_activation_budget
 from pipelines.batching.former import BatchFormer, BatchPolicy, QueueFull
 from pipelines.batching.keys import BatchKey, BatchMode, batch_key
@@ -33,11 +34,13 @@ from pipelines.jobs import (
     ModelInfo,
     PreprocessJob,
     PreprocessorInfo,
+    UtilityJob,
 )
 from pipelines.preprocessors import list_preprocessors
 from pipelines.runners import preprocess as preprocess_runner
 from pipelines.runners import refiner
 from pipelines.samplers import is_known_sampler
+from pipelines.utilities import UTILITIES, safety, translation
 from pipelines.worker import DeviceWorker, WorkerParts, default_dtype, detect_devices
 
 log = logging.getLogger(__name__)
@@ -194,7 +197,8 @@ class Engine:
         return handle
 
     def validate(self, job: Job) -> ModelInfo | None:
-        """The checkpoint the job runs on (None: preprocessing); JobError when it cannot run.
+        """The checkpoint the job runs on (None: preprocessing and utilities); JobError when it
+        cannot run.
 
         Cluster API replicas call this before queueing, so a bad request fails at once there
         and the checkpoint code picks the job's queue.
@@ -202,15 +206,30 @@ class Engine:
         if isinstance(job, PreprocessJob):
             preprocess_runner.validate(job, self.config.models_dir)
             return None
+        if not isinstance(job, GenerationJob):
+            self.utility_model(job)
+            UTILITIES[type(job)].check(job)
+            return None
         return self._validate_generation(job)
+
+    def utility_model(self, job: UtilityJob) -> UtilityModel:
+        """The installed model a utility job runs on; JobError MODEL_UNAVAILABLE naming what to
+        install when there is none (or none by the name asked)."""
+        try:
+            return find(self.config.models_dir, UTILITIES[type(job)].utility, job.model)
+        except UtilityModelMissing as missing:
+            raise JobError(ErrorCode.MODEL_UNAVAILABLE, str(missing)) from None
 
     def _admit(self, job: Job, job_id: str) -> JobHandle:
         """Validate, key and queue the job; JobError when it cannot run or the queue is full."""
         assert self._loop is not None
         model = self.validate(job)
-        if model is None:
+        if isinstance(job, PreprocessJob):
             key = batch_key(job, job_id=job_id)
+        elif not isinstance(job, GenerationJob):
+            key = batch_key(job, job_id=job_id, model=str(self.utility_model(job).path))
         else:
+            assert model is not None
             key = batch_key(job, job_id=job_id, model=model.code, architecture=model.architecture)
         handle = JobHandle(job_id, job, self._loop, self._cancel)
         try:
@@ -240,6 +259,10 @@ class Engine:
         if job.refiner is not None:
             self.resolve_model(job.refiner.model)
             refiner.check(job)
+        if job.check_nsfw:
+            safety.check_installed(self.config.models_dir)
+        if translation.source_language(job) is not None:
+            translation.check_installed(self.config.models_dir)
         return model
 
     def cancel(self, job_id: str) -> bool:

@@ -11,7 +11,15 @@ import asyncio
 import threading
 from collections.abc import Callable
 
-from pipelines.jobs import ErrorCode, Job, JobError, JobProgress, JobResult, JobState
+from pipelines.jobs import (
+    ErrorCode,
+    Job,
+    JobError,
+    JobProgress,
+    JobResult,
+    JobState,
+    Translation,
+)
 
 ProgressListener = Callable[[JobProgress], None]
 
@@ -36,6 +44,8 @@ class JobHandle:
         self._outcome: asyncio.Future[JobResult] = loop.create_future()
         self._listeners: list[ProgressListener] = []
         self._cancel_reason = CANCELLED_BY_REQUEST
+        # Set by the worker when it translated the job's prompt (job is then the translated one).
+        self.translation: Translation | None = None
 
     # --- front-end side (event loop thread) ---
 

@@ -151,6 +151,12 @@ class GenerationJob:
     # placed at (left, top); the border around it is outpainted (added to the mask). None = the
     # centred fit described at `mask`.
     outpaint: Padding | None = None
+    # Translate a prompt that is not English into English before generating (a translation
+    # model on the worker); prompt_language: the language the client said it is in (ISO
+    # 639-1), None = detect it.
+    translate_prompts: bool = False
+    prompt_language: str | None = None
+    check_nsfw: bool = False  # run the safety checker over the images (JobResult.nsfw)
     owner: str = ""  # who submitted it (API key id): fairness and quotas key on it
     priority: int = 0  # higher runs first
 
@@ -185,7 +191,137 @@ class PreprocessJob:
         return 1
 
 
-Job = GenerationJob | PreprocessJob
+@dataclass(frozen=True, kw_only=True)
+class Box:
+    """A rectangle of an image, in pixels: its top-left corner and its size."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackgroundRemovalJob:
+    """Cut the subject out of each image (a segmentation model's mask as the alpha channel).
+
+    The mask is refined by alpha matting when asked: pixels the model is sure of (above
+    foreground_threshold / below background_threshold, eroded by erode_size) stay fixed and the
+    band between them is solved from the image's colours, which keeps hair and fur.
+    """
+
+    images: tuple[Image, ...] = field(repr=False)  # one result per image
+    model: str | None = None  # an installed background-removal model's name; None: the default
+    box: Box | None = None  # only this region is segmented, and the result is cropped to it
+    only_mask: bool = False  # the result is the mask (mode L), not the cut-out
+    alpha_matting: bool | None = False  # None: when the mask's edge is soft (hair, fur)
+    foreground_threshold: int = 240  # 0..255: mask values above are certainly foreground
+    background_threshold: int = 10  # 0..255: mask values below are certainly background
+    erode_size: int = 10  # pixels the certain regions shrink by before matting
+    post_process_mask: bool = False  # smooth the mask and drop its speckles (rembg's)
+    background: tuple[int, int, int, int] | None = None  # RGBA behind the subject; None: clear
+    owner: str = ""
+    priority: int = 0
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(0 for _ in self.images)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def steps(self) -> int:
+        return 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptionJob:
+    """Describe each image in a sentence (an image-to-text model); texts, one per image."""
+
+    images: tuple[Image, ...] = field(repr=False)
+    model: str | None = None  # an installed captioning model's name; None: the default
+    prompt: str = ""  # text the caption must start from (conditional captioning)
+    language: str | None = None  # translate the captions into this language (ISO 639-1)
+    max_tokens: int = 60
+    owner: str = ""
+    priority: int = 0
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return ()
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def steps(self) -> int:
+        return 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptEnhanceJob:
+    """Expand a short prompt into `versions` distinct, richer ones (a small causal LM)."""
+
+    prompt: str
+    versions: int = 1
+    max_length: int = 380  # characters per enhanced prompt
+    seed: int = 0  # sampling seed: the same seed gives the same versions
+    model: str | None = None  # an installed prompt-enhancing model's name; None: the default
+    owner: str = ""
+    priority: int = 0
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return (self.seed,)
+
+    @property
+    def num_images(self) -> int:
+        return 1
+
+    @property
+    def steps(self) -> int:
+        return self.versions
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpscaleJob:
+    """Enlarge an image with a super-resolution model (ESRGAN class), to a factor or a size."""
+
+    image: Image = field(repr=False)
+    factor: float = 2.0  # output = input x factor, when width / height are not given
+    width: int | None = None  # an exact output size (PICPIK ResizeImage); smaller: downscaled
+    height: int | None = None
+    model: str | None = None  # an installed upscaler's name; None: the default
+    owner: str = ""
+    priority: int = 0
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return (0,)
+
+    @property
+    def num_images(self) -> int:
+        return 1
+
+    @property
+    def steps(self) -> int:
+        return 1
+
+
+# Jobs that run a utility model instead of a checkpoint (pipelines.utilities serves them).
+UtilityJob = BackgroundRemovalJob | CaptionJob | PromptEnhanceJob | UpscaleJob
+
+Job = (
+    GenerationJob
+    | PreprocessJob
+    | BackgroundRemovalJob
+    | CaptionJob
+    | PromptEnhanceJob
+    | UpscaleJob
+)
 
 
 class JobState(StrEnum):
@@ -209,9 +345,21 @@ class JobProgress:
 
 
 @dataclass(frozen=True)
+class Translation:
+    """A prompt the engine translated to English before generating (what the job used)."""
+
+    source_language: str  # ISO 639-1, detected or as the client said
+    prompt: str
+    negative_prompt: str
+
+
+@dataclass(frozen=True)
 class JobResult:
     images: tuple[Image, ...] = field(repr=False)
     seeds: tuple[int, ...]
+    texts: tuple[str, ...] = ()  # text results: captions, enhanced prompts
+    nsfw: tuple[bool, ...] = ()  # per image, when the job asked for an NSFW check
+    translation: Translation | None = None  # the prompt as translated for the job
 
 
 class ErrorCode(StrEnum):

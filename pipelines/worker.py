@@ -7,6 +7,10 @@ It takes batches from the batch former (pipelines.batching.former) and runs each
 - REQUEST: one runner call for the whole batch (per-image lists); a batch that runs out of
   memory is split in halves and retried.
 - SINGLE: the same, one job (preprocessing runs its annotator instead).
+Utility jobs (pipelines.utilities) run their utility model the same REQUEST / SINGLE way.
+Before a batch runs, jobs that asked for it get their prompt translated to English
+(pipelines.utilities.translation); jobs that asked for an NSFW check get their images checked
+(pipelines.utilities.safety) before they are settled.
 Decoded images go to the hand-back pool, which converts them to PIL and settles the handles, so
 the GPU thread goes on with the next step meanwhile.
 """
@@ -29,6 +33,7 @@ from PIL.Image import Image
 from models.cache import PipelineCache
 from models.catalogue import Catalogue, ModelKind, ModelSpec, UnknownModelError
 from models.loader import ModelLoadError
+from models.utility_models import UtilityModelMissing, find
 from pipelines.adapters import adapted
 from pipelines.batching.former import BatchFormer
 from pipelines.batching.keys import BatchKey, BatchMode
@@ -44,11 +49,13 @@ from pipelines.jobs import (
     JobResult,
     JobState,
     PreprocessJob,
+    UtilityJob,
 )
 from pipelines.loop_members import Member, prepare, to_images
 from pipelines.runners import RUNNERS
 from pipelines.runners import preprocess as preprocess_runner
 from pipelines.runners.common import Resources, RunContext, StepReporter
+from pipelines.utilities import UTILITIES, safety, translation
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,7 @@ MASKED_KINDS = frozenset({JobKind.INPAINT, JobKind.BACKGROUND})
 FAILURES: dict[type[Exception], ErrorCode] = {
     UnknownModelError: ErrorCode.UNKNOWN_MODEL,
     ModelLoadError: ErrorCode.MODEL_UNAVAILABLE,
+    UtilityModelMissing: ErrorCode.MODEL_UNAVAILABLE,
     torch.OutOfMemoryError: ErrorCode.OUT_OF_MEMORY,
 }
 
@@ -147,6 +155,9 @@ class DeviceWorker(threading.Thread):
             if not live:
                 continue
             self._track(live)  # from here on a shutdown cancels them
+            live = self._translated(live)
+            if not live:
+                continue
             key = batch.key
             assert isinstance(key, BatchKey)
             try:
@@ -194,7 +205,10 @@ class DeviceWorker(threading.Thread):
                     loop.members.clear()
                     break
                 for member, images in finished:
-                    self._hand_back(member.owner, processor, images, member.job.seeds)
+                    if member.job.check_nsfw:  # the checker runs here, on the device thread
+                        self._settle(member.owner, to_images(processor, images))
+                    else:
+                        self._hand_back(member.owner, processor, images, member.job.seeds)
                 for member in list(loop.members):
                     handle: JobHandle = member.owner
                     if _dropped_if_cancelled(handle):
@@ -209,7 +223,7 @@ class DeviceWorker(threading.Thread):
                     if joiners:
                         self._track(joiners)
                         self.parts.stats.count("joins", len(joiners))
-                        self._admit(loop, pipe, context, joiners)
+                        self._admit(loop, pipe, context, self._translated(joiners))
 
     def _admit(
         self,
@@ -274,23 +288,28 @@ class DeviceWorker(threading.Thread):
             job = handle.job
             handle.report(JobProgress(JobState.RUNNING, 0, job.steps))
         try:
-            if isinstance(handles[0].job, PreprocessJob):
+            job = handles[0].job
+            if isinstance(job, PreprocessJob):
                 (handle,) = handles
                 context = RunContext(self._step_reporter([handle]), resources=self.resources)
                 with torch.inference_mode():
-                    self._settle(handle, preprocess_runner.run(handle.job, context))
+                    self._settle(handle, preprocess_runner.run(job, context))
                 return
-            self._generate_split(handles)
+            self._split(
+                handles, self._generate if isinstance(job, GenerationJob) else self._utility
+            )
         except Exception as error:  # a job's failure, never the worker's
             self._fail(handles, error)
 
-    def _generate_split(self, handles: list[JobHandle]) -> None:
+    def _split(
+        self, handles: list[JobHandle], call: Callable[[list[JobHandle]], list[JobResult]]
+    ) -> None:
         """The batch as one call; on out-of-memory, each half again (a lone job then fails)."""
         live = [handle for handle in handles if not handle.done]
         if not live:
             return
         try:
-            results = self._generate(live)
+            results = call(live)
         except JobError as error:
             if len(live) == 1 or error.code is not ErrorCode.INVALID_INPUT:
                 raise
@@ -306,14 +325,15 @@ class DeviceWorker(threading.Thread):
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
             half = len(live) // 2
-            self._generate_split(live[:half])
-            self._generate_split(live[half:])
+            self._split(live[:half], call)
+            self._split(live[half:], call)
             return
-        for handle, images in zip(live, results, strict=True):
+        for handle, result in zip(live, results, strict=True):
             if not handle.done:
-                self._settle(handle, images)
+                self._untrack(handle)
+                handle.finish(result)
 
-    def _generate(self, handles: list[JobHandle]) -> list[list[Image]]:
+    def _generate(self, handles: list[JobHandle]) -> list[JobResult]:
         """Jobs with one REQUEST key: their checkpoint (cached), adapted for them, one call."""
         jobs = [handle.job for handle in handles]
         first = jobs[0]
@@ -321,7 +341,38 @@ class DeviceWorker(threading.Thread):
         reporter = self._step_reporter(handles, images=sum(job.num_images for job in jobs))
         pipe, context = self._load(first, reporter)
         with torch.inference_mode(), adapted(pipe, first, context):
-            return RUNNERS[first.kind](pipe, jobs, context)  # type: ignore[arg-type]
+            images = RUNNERS[first.kind](pipe, jobs, context)  # type: ignore[arg-type]
+            return [self._result(h, i) for h, i in zip(handles, images, strict=True)]
+
+    def _utility(self, handles: list[JobHandle]) -> list[JobResult]:
+        """Utility jobs with one key: their utility model (cached by the runner), one call."""
+        jobs: list[UtilityJob] = [handle.job for handle in handles]  # type: ignore[misc]
+        runner = UTILITIES[type(jobs[0])]
+        model = find(self.parts.models_dir, runner.utility, jobs[0].model)
+        context = RunContext(self._step_reporter(handles), resources=self.resources)
+        with torch.inference_mode():
+            return runner.run(jobs, model, context)
+
+    def _translated(self, handles: list[JobHandle]) -> list[JobHandle]:
+        """The handles, with the prompts of jobs that asked for translation in English (one
+        translation call for all); a job whose translation fails fails alone."""
+        wanted = [
+            h
+            for h in handles
+            if isinstance(h.job, GenerationJob) and translation.source_language(h.job) is not None
+        ]
+        if not wanted:
+            return handles
+        try:
+            jobs: list[GenerationJob] = [h.job for h in wanted]  # type: ignore[misc]
+            with torch.inference_mode():
+                translated = translation.to_english(jobs, self.resources)
+        except Exception as error:  # a job's failure, never the worker's
+            self._fail(wanted, error)
+            return [h for h in handles if h not in wanted]
+        for handle, (job, done) in zip(wanted, translated, strict=True):
+            handle.job, handle.translation = job, done
+        return handles
 
     # --- shared ---
 
@@ -380,13 +431,27 @@ class DeviceWorker(threading.Thread):
                 except Exception as error:  # a job's failure, never the worker's
                     self._fail([handle], error)
                     return
-                handle.finish(JobResult(tuple(pictures), seeds))
+                handle.finish(JobResult(tuple(pictures), seeds, translation=handle.translation))
 
         self.parts.handback.submit(finish)
 
+    def _result(self, handle: JobHandle, images: Sequence[Image]) -> JobResult:
+        """A job's result from its images: with the NSFW flags when it asked for the check
+        (on this thread: the checker runs on the device), and its prompt's translation."""
+        job = handle.job
+        nsfw: tuple[bool, ...] = ()
+        if isinstance(job, GenerationJob) and job.check_nsfw and images:
+            nsfw = tuple(safety.check_nsfw(images, self.resources))
+        return JobResult(tuple(images), job.seeds, nsfw=nsfw, translation=handle.translation)
+
     def _settle(self, handle: JobHandle, images: Sequence[Image]) -> None:
+        try:
+            result = self._result(handle, images)
+        except Exception as error:  # a job's failure, never the worker's
+            self._fail([handle], error)
+            return
         self._untrack(handle)
-        handle.finish(JobResult(tuple(images), handle.job.seeds))
+        handle.finish(result)
 
     def _fail(self, handles: Sequence[JobHandle], error: Exception) -> None:
         failure = as_job_error(error)

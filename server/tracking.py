@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+from typing import Any
 
 from PIL.Image import Image
 
 from pipelines.batching.stats import EngineStats
 from pipelines.handle import JobHandle
-from pipelines.jobs import ErrorCode, JobError, JobProgress, JobState
+from pipelines.jobs import ErrorCode, JobError, JobProgress, JobResult, JobState
 from server.results import PNG, Encoding, ResultStore
 from server.taskstore import TaskStore
 
@@ -81,7 +83,7 @@ class TaskTracker:
             log.exception("task %s: cannot write its images", task_id)
             self.store.fail(task_id, ErrorCode.INTERNAL.value, f"cannot store images: {error}")
             return
-        if not self.store.finish(task_id, image_ids, []):
+        if not self.store.finish(task_id, image_ids, list(result.texts), job_outputs(result)):
             # Another worker ended the task first (a redelivered job): keep one set of images.
             await asyncio.to_thread(self._drop, image_ids)
             log.info("task %s had already ended: dropped this run's images", task_id)
@@ -101,3 +103,13 @@ class TaskTracker:
         """Let followers write what their jobs produced (at shutdown, after the engine stops)."""
         if self._followers:
             await asyncio.wait(set(self._followers), timeout=timeout)
+
+
+def job_outputs(result: JobResult) -> dict[str, Any]:
+    """What a task record keeps of a result besides images and texts (TaskRecord.outputs)."""
+    outputs: dict[str, Any] = {}
+    if result.nsfw:
+        outputs["nsfw"] = list(result.nsfw)
+    if result.translation is not None:
+        outputs["translation"] = dataclasses.asdict(result.translation)
+    return outputs

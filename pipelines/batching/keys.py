@@ -11,6 +11,8 @@ Three modes, chosen per job:
   differ per job is in PER_JOB_FIELDS.
 - SINGLE: runs alone (preprocessing, ControlNet units with masks, whose masks live inside the
   per-job ControlNet wrapper). The key holds the job id, so it equals no other job's.
+Utility jobs (background removal, captions...) are REQUEST batches of one utility model when
+UTILITY_BATCH_FIELDS lets their kind share a call, else SINGLE.
 """
 
 from __future__ import annotations
@@ -18,7 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from enum import StrEnum
 
-from pipelines.jobs import ControlUnit, GenerationJob, Job, JobKind, PreprocessJob
+from pipelines.jobs import (
+    BackgroundRemovalJob,
+    CaptionJob,
+    ControlUnit,
+    GenerationJob,
+    Job,
+    JobKind,
+    PreprocessJob,
+    PromptEnhanceJob,
+    UpscaleJob,
+)
 
 
 class BatchMode(StrEnum):
@@ -53,11 +65,23 @@ PER_JOB_FIELDS = frozenset(
         "model",  # replaced by the resolved code
         "width",  # in the key itself
         "height",
+        "translate_prompts",  # done per job before the call (the prompt is then per job)
+        "prompt_language",
+        "check_nsfw",  # the safety checker looks at each job's images after the call
     }
 )
 # What a STEP batch must agree on (everything else is per job inside the loop).
 STEP_SHARED_FIELDS = ("sub_models", "tileable", "vae", "use_model_vae")
 STEP_KINDS = frozenset({JobKind.TXT2IMG, JobKind.IMG2IMG})
+# Per utility job class: the fields (besides the resolved model) that jobs sharing one call must
+# agree on; None: each job runs alone (sampling with its own seed, or per-image tiling).
+UTILITY_BATCH_FIELDS: dict[type, tuple[str, ...] | None] = {
+    BackgroundRemovalJob: (),  # one forward pass over every image; post-processing per job
+    CaptionJob: ("prompt", "language", "max_tokens"),  # one generate call
+    PromptEnhanceJob: None,
+    UpscaleJob: None,
+}
+UTILITY_ARCHITECTURE = "utility"  # the key's architecture for utility jobs
 
 
 def runs_in_loop(job: GenerationJob) -> bool:
@@ -94,6 +118,13 @@ def batch_key(job: Job, *, job_id: str, model: str = "", architecture: str = "")
     resolves names and aliases first, so two spellings of one model batch together)."""
     if isinstance(job, PreprocessJob):
         return BatchKey(BatchMode.SINGLE, "", "", 0, 0, (("job", job_id),))
+    if not isinstance(job, GenerationJob):  # a utility job: `model` is its utility model
+        fields_ = UTILITY_BATCH_FIELDS[type(job)]
+        if fields_ is None:
+            shared: tuple[tuple[str, object], ...] = (("job", job_id),)
+            return BatchKey(BatchMode.SINGLE, model, UTILITY_ARCHITECTURE, 0, 0, shared)
+        shared = (("type", type(job).__name__), *((f, getattr(job, f)) for f in fields_))
+        return BatchKey(BatchMode.REQUEST, model, UTILITY_ARCHITECTURE, 0, 0, shared)
     if any(unit.mask is not None for unit in job.controls):
         return BatchKey(
             BatchMode.SINGLE, model, architecture, job.width, job.height, (("job", job_id),)

@@ -78,7 +78,7 @@ return removed
 """
 
 _UNFINISHED = (TaskStatus.QUEUED, TaskStatus.RUNNING)
-_JSON_FIELDS = ("seeds", "image_ids", "texts", "params")
+_JSON_FIELDS = ("seeds", "image_ids", "texts", "outputs", "params")
 # How each stored string becomes a TaskRecord field; fields not named here are plain strings.
 _DECODERS: dict[str, Callable[[str], Any]] = {
     "status": TaskStatus,
@@ -127,12 +127,19 @@ class RedisTaskStore:
     def set_progress(self, task_id: str, progress: float) -> None:
         self._move(task_id, (TaskStatus.RUNNING,), {"progress": repr(float(progress))})
 
-    def finish(self, task_id: str, image_ids: list[str], texts: list[str]) -> bool:
+    def finish(
+        self,
+        task_id: str,
+        image_ids: list[str],
+        texts: list[str],
+        outputs: dict[str, Any] | None = None,
+    ) -> bool:
         values = {
             "status": TaskStatus.FINISHED.value,
             "progress": "1.0",
             "image_ids": json.dumps(image_ids),
             "texts": json.dumps(texts),
+            "outputs": json.dumps(outputs or {}),
         }
         return self._move(task_id, _UNFINISHED, values)
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from pipelines.jobs import GenerationJob
+from pipelines.jobs import Job
 from server.picpik.errors import PicpikError, RetCode
 from server.summary import job_summary
 from server.validation import error_location
@@ -36,7 +36,7 @@ class Caller:
 
 Handler = Callable[[dict[str, Any], Caller], Awaitable[dict[str, Any]]]
 # Stores the task and queues the job: (action, job, caller, point cost) -> TaskUID.
-Submit = Callable[[str, GenerationJob, Caller, int], str]
+Submit = Callable[[str, Job, Caller, int], str]
 
 
 def round_side(value: int) -> int:

@@ -24,6 +24,7 @@ class RetCode(IntEnum):
     AUTH_UNKNOWN_KEY = 10021
     AUTH_BAD_SIGNATURE = 10022
     UNKNOWN_MODEL = 10030
+    MODEL_NOT_INSTALLED = 10031  # the action needs a model the operator has not installed
     TASK_NOT_FOUND = 10040
     TASK_ALREADY_ENDED = 10041
     SERVER_BUSY = 10050
@@ -58,6 +59,7 @@ SUBMIT_RET_CODES: MappingProxyType[str, RetCode] = MappingProxyType(
         ErrorCode.BUSY.value: RetCode.SERVER_BUSY,
         ErrorCode.UNKNOWN_MODEL.value: RetCode.UNKNOWN_MODEL,
         ErrorCode.INVALID_INPUT.value: RetCode.INVALID_PARAMETER,
+        ErrorCode.MODEL_UNAVAILABLE.value: RetCode.MODEL_NOT_INSTALLED,
     }
 )
 

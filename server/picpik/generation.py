@@ -316,6 +316,7 @@ class GenerationActions:
             "seeds": tuple(seed + i for i in range(req.BatchSize)),
             "sub_models": self._sub_models(req.SubModelList, prompt, _join(req.NegativePrompts)),
             "use_model_vae": req.UseMainModelVAE,
+            "translate_prompts": req.TranslatePrompts,
             "owner": caller.owner,
         }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 ResizeModeName = Literal["JustResize", "CropAndResize", "ResizeAndFill"]
 ControlModeName = Literal["Balanced", "prompt-heavy", "control-heavy"]
@@ -157,6 +157,70 @@ class GenerateBackgroundsRequest(GenerationRequest):
     TransparentImageIndexList: Annotated[list[IndexValue], Field(max_length=1)] | None = None
     BackgroundImage2Image: BackgroundImage2ImageParams | None = None
     ImageList: list[str] | None = None
+
+
+# --- image utilities (their request fields are not published: easel's choice, documented) ---
+
+
+class BoxParams(Wire):
+    """A region of the raw image, in pixels; also accepted as [X, Y, Width, Height]."""
+
+    X: Annotated[int, Field(ge=0)]
+    Y: Annotated[int, Field(ge=0)]
+    Width: Annotated[int, Field(ge=1)]
+    Height: Annotated[int, Field(ge=1)]
+
+
+def _box_from_list(value: Any) -> Any:
+    if isinstance(value, list) and len(value) == 4:
+        return dict(zip(("X", "Y", "Width", "Height"), value, strict=True))
+    return value
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+class BackgroundRemovalParams(Envelope):
+    """What RemoveBackground and RemoveBackgroundsInBatch share."""
+
+    Box: Annotated[BoxParams, BeforeValidator(_box_from_list)] | None = None
+    ErodeSize: Annotated[int, Field(ge=0, le=40)] = 15
+    ForegroundThreshold: Annotated[int, Field(ge=0, le=255)] = 240
+    BackgroundThreshold: Annotated[int, Field(ge=0, le=255)] = 15
+    HairOptimization: Annotated[Literal["auto", "on", "off"], BeforeValidator(_lower)] = "auto"
+    OnlyMask: bool = False
+
+    @field_validator(
+        "ErodeSize",
+        "ForegroundThreshold",
+        "BackgroundThreshold",
+        "HairOptimization",
+        "OnlyMask",
+        mode="before",
+    )
+    @classmethod
+    def _null_is_default(cls, value: Any, info: Any) -> Any:
+        return cls.model_fields[info.field_name].default if value is None else value
+
+
+class RemoveBackgroundRequest(BackgroundRemovalParams):
+    RawImage: str = Field(min_length=1)
+
+
+class RemoveBackgroundsInBatchRequest(BackgroundRemovalParams):
+    RawImageList: Annotated[list[str], Field(min_length=1, max_length=16)]
+
+
+class ResizeImageRequest(Envelope):
+    RawImage: str = Field(min_length=1)
+    Width: Annotated[int, Field(ge=64, le=4096)] | None = None
+    Height: Annotated[int, Field(ge=64, le=4096)] | None = None
+
+
+class DescribeImagesRequest(Envelope):
+    ImageList: Annotated[list[str], Field(min_length=1, max_length=16)]
+    TranslateDescription: str | None = None  # a language code; None / "en": English
 
 
 class ListTasksDetailsRequest(Envelope):

@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from pipelines.engine import Engine
-from pipelines.jobs import GenerationJob, JobError, ModelInfo
+from pipelines.jobs import Job, JobError, ModelInfo
 from server.dispatch import Dispatcher
 from server.keys import KeyStore
 from server.picpik import protocol as wire
@@ -31,6 +31,7 @@ from server.picpik.common import (
 from server.picpik.errors import SUBMIT_RET_CODES, TASK_ERROR_CODES, PicpikError, RetCode
 from server.picpik.generation import PREPROCESSOR_OPTIONS, GenerationActions
 from server.picpik.signature import verify
+from server.picpik.utilities import UtilityActions
 from server.results import image_url
 from server.taskstore import TaskRecord, TaskStatus, TaskStore
 
@@ -43,20 +44,15 @@ STATUS_NAMES: dict[TaskStatus, str] = {
     TaskStatus.ERROR: "Error",
 }
 
-# Actions of the real API that later issues implement; until then they get UNSUPPORTED.
+# Actions of the real API easel does not serve yet: they get UNSUPPORTED.
 NOT_YET_SERVED = frozenset(
     {
-        "RemoveBackground",
-        "RemoveBackgroundsInBatch",
         "ExtractContents",
         "RemoveContents",
-        "ResizeImage",
         "RestoreFaces",
         "SwitchFace",
-        "DescribeImages",
         "ApplyReferencePattern",
         "GeneratePatternsFromImage",
-        "TranslatePrompts",
     }
 )
 
@@ -83,6 +79,7 @@ class PicpikService:
         self.keys = keys
         self.public_url = public_url
         generation = GenerationActions(engine, self._submit)
+        utilities = UtilityActions(self._submit)
         self.handlers: dict[str, Handler] = {
             "GenerateImages": generation.generate_images,
             "ModifyMaskedPixels": generation.modify_masked_pixels,
@@ -94,6 +91,7 @@ class PicpikService:
             "TerminateTask": self.terminate_task,
             "ListModels": self.list_models,
             "GetCreditBalance": self.get_credit_balance,
+            **utilities.handlers,
         }
 
     # --- envelope ---
@@ -171,7 +169,7 @@ class PicpikService:
 
     # --- generation ---
 
-    def _submit(self, action: str, job: GenerationJob, caller: Caller, cost: int) -> str:
+    def _submit(self, action: str, job: Job, caller: Caller, cost: int) -> str:
         task_id = uuid.uuid4().hex
         record = TaskRecord(
             task_id=task_id,
@@ -190,7 +188,7 @@ class PicpikService:
             code = SUBMIT_RET_CODES.get(error.code.value, RetCode.INTERNAL_ERROR)
             raise PicpikError(code, error.message) from None
         self.store.add_usage(caller.owner, cost)
-        log.info("task %s queued: %s %s", task_id, action, job.kind.value)
+        log.info("task %s queued: %s", task_id, action)
         return task_id
 
     # --- tasks ---

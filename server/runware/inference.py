@@ -33,6 +33,8 @@ from server.runware import protocol as wire
 from server.runware.errors import Code, RunwareError
 from server.runware.inputs import ImageInputs
 
+AUTO_LANGUAGE = "auto"  # promptLanguage: detect the prompt's language
+
 DEFAULT_STEPS = 20
 DEFAULT_CFG_SCALE = 7.0
 DEFAULT_STRENGTH = 0.8  # img2img / inpaint
@@ -120,6 +122,11 @@ class InferenceBuilder:
             prompt_weighting=PROMPT_WEIGHTINGS[req.promptWeighting]
             if req.promptWeighting
             else None,
+            translate_prompts=req.promptLanguage is not None,
+            prompt_language=None
+            if req.promptLanguage in (None, AUTO_LANGUAGE)
+            else req.promptLanguage,
+            check_nsfw=bool(req.checkNSFW),
             owner=owner,
         )
         return BuiltJob(job, checkpoint)

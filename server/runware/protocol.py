@@ -43,6 +43,13 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+def _first_of_list(value: Any) -> Any:
+    """A text sent as a one-element list (runware 0.5 types caption prompts as lists)."""
+    if isinstance(value, list) and len(value) == 1:
+        return value[0]
+    return value
+
+
 Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 OutputType = Literal["URL", "base64Data", "dataURI"]
@@ -118,7 +125,16 @@ class OutpaintItem(Wire):
     blur: Annotated[int, Field(ge=0, le=32)] = 0
 
 
-class ImageInference(Task, OutputOptions):
+class Delivery(Wire):
+    """Where a finished task's results go besides the reply: PUT to uploadEndpoint, POST to
+    webhookURL; deliveryMethod async answers at once and the client polls getResponse."""
+
+    uploadEndpoint: str | None = None
+    deliveryMethod: Annotated[Literal["sync", "async"], BeforeValidator(_lower)] | None = None
+    webhookURL: str | None = None
+
+
+class ImageInference(Task, OutputOptions, Delivery):
     positivePrompt: str = Field(min_length=1, max_length=3000)
     negativePrompt: Annotated[str, Field(max_length=3000)] | None = None
     model: str = Field(min_length=1)
@@ -143,9 +159,11 @@ class ImageInference(Task, OutputOptions):
     refiner: RefinerItem | None = None
     promptWeighting: Annotated[Literal["compel", "sdembeds"], BeforeValidator(_lower)] | None = None
     checkNSFW: bool | None = None
-    uploadEndpoint: str | None = None
-    deliveryMethod: Annotated[Literal["sync", "async"], BeforeValidator(_lower)] | None = None
-    webhookURL: str | None = None
+    # easel extension (the legacy protocol's promptLanguageId): translate the prompts from this
+    # language (ISO 639-1, or "auto" to detect it) to English before generating.
+    promptLanguage: (
+        Annotated[str, Field(pattern=r"^(auto|[a-z]{2})$"), BeforeValidator(_lower)] | None
+    ) = None
     ttl: Annotated[int, Field(ge=60)] | None = None
 
 
@@ -165,6 +183,45 @@ class ControlNetPreProcess(Task, OutputOptions):
     lowThresholdCanny: Annotated[int, Field(ge=0, le=255)] | None = None
     highThresholdCanny: Annotated[int, Field(ge=0, le=255)] | None = None
     includeHandsAndFaceOpenPose: bool | None = None
+
+
+class BackgroundRemoval(Task, OutputOptions, Delivery):
+    inputImage: str = Field(min_length=1)
+    model: str | int | None = None
+    rgba: (
+        Annotated[list[Annotated[float, Field(ge=0, le=255)]], Field(min_length=4, max_length=4)]
+        | None
+    ) = None
+    postProcessMask: bool = False
+    returnOnlyMask: bool = False
+    alphaMatting: bool = False
+    alphaMattingForegroundThreshold: Annotated[int, Field(ge=1, le=255)] = 240
+    alphaMattingBackgroundThreshold: Annotated[int, Field(ge=1, le=255)] = 10
+    alphaMattingErodeSize: Annotated[int, Field(ge=1, le=255)] = 10
+
+
+class Caption(Task, Delivery):
+    inputImage: str | None = Field(default=None, min_length=1)
+    inputImages: (
+        Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=16)]
+        | None
+    ) = None
+    model: str | None = None
+    prompt: Annotated[str, BeforeValidator(_first_of_list)] | None = None
+    includeCost: bool | None = None
+
+
+class PromptEnhance(Task, Delivery):
+    prompt: str = Field(min_length=1, max_length=3000)
+    promptMaxLength: Annotated[int, Field(ge=4, le=400)] = 380
+    promptVersions: Annotated[int, Field(ge=1, le=5)] = 1
+    includeCost: bool | None = None
+
+
+class Upscale(Task, OutputOptions, Delivery):
+    inputImage: str = Field(min_length=1)
+    upscaleFactor: Annotated[float, Field(ge=1, le=4)] = 2
+    model: str | None = None
 
 
 class ModelSearch(Task):

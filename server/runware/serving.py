@@ -11,7 +11,7 @@ import asyncio
 import base64
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pipelines.engine import Engine
 from pipelines.jobs import Job, JobError, ModelInfo, PreprocessJob
@@ -31,6 +31,7 @@ from server.runware.common import (
 from server.runware.errors import Code, RunwareError
 from server.runware.inference import InferenceBuilder, image_cost
 from server.runware.inputs import ImageInputs
+from server.runware.utilities import UtilityTasks
 from server.summary import job_summary
 from server.taskstore import TaskExists, TaskRecord, TaskStatus, TaskStore
 
@@ -38,16 +39,26 @@ log = logging.getLogger(__name__)
 
 TaskHandler = Callable[[dict[str, Any], Caller], Awaitable[list[dict[str, Any]]]]
 
-# Real Runware tasks that the utility-tasks work serves; until then a clear error.
+
+class DeliveredTask(Protocol):
+    """What delivery reads of a task (wire.Task + wire.Delivery)."""
+
+    taskType: str
+    taskUUID: str
+    uploadEndpoint: str | None
+    deliveryMethod: str | None
+    webhookURL: str | None
+
+
+# Real Runware task types easel does not serve (video, audio, PhotoMaker...): a clear error.
 NOT_YET_SERVED = frozenset(
     {
-        "removeBackground",
-        "imageBackgroundRemoval",
-        "caption",
-        "imageCaption",
-        "promptEnhance",
-        "upscale",
-        "imageUpscale",
+        "photoMaker",
+        "imageMasking",
+        "vectorize",
+        "videoInference",
+        "audioInference",
+        "textInference",
     }
 )
 OUTPUT_FORMATS: dict[str, ImageFormat] = {
@@ -100,6 +111,7 @@ class RunwareService:
         self.inputs = ImageInputs(results, outbound)
         self.builder = InferenceBuilder(engine, self.inputs)
         self._background: set[asyncio.Task[None]] = set()
+        self.utilities = UtilityTasks(self)
         self.handlers: dict[str, TaskHandler] = {
             "imageInference": self.image_inference,
             "imageUpload": self.image_upload,
@@ -107,6 +119,7 @@ class RunwareService:
             "imageControlNetPreProcess": self.controlnet_preprocess,
             "controlNetPreprocess": self.controlnet_preprocess,
             "modelSearch": self.model_search,
+            **self.utilities.handlers,
         }
 
     # --- authentication ---
@@ -166,13 +179,7 @@ class RunwareService:
 
     async def image_inference(self, task: dict[str, Any], caller: Caller) -> list[dict[str, Any]]:
         req = wire.parse(wire.ImageInference, task)
-        if req.checkNSFW:
-            raise RunwareError(
-                Code.INVALID_PARAMETER,
-                "checkNSFW: this server has no NSFW checker installed yet",
-                "checkNSFW",
-            )
-        output = _output_options(req)
+        output = self.output_options(req)
         built = await self.builder.build(req, caller.owner)
         job = built.job
         cost = image_cost(job.width, job.height, job.steps)
@@ -188,31 +195,40 @@ class RunwareService:
                 "deliveryMethod": req.deliveryMethod or "sync",
             },
         )
-        follower = self._submit(record, job)
-        if req.deliveryMethod == "async":
-            self._in_background(self._finish(record.task_id, caller, req, follower))
-            return [{"taskType": req.taskType, "taskUUID": req.taskUUID, "status": "processing"}]
-        return await self._finish(record.task_id, caller, req, follower)
+        output = record.params["output"]
+        follower = self.submit(
+            record, job, Encoding(ImageFormat(output["format"]), output["quality"])
+        )
+        return await self.deliver(req, record, caller, follower)
 
-    def _submit(
-        self, record: TaskRecord, job: Job, encoding: Encoding | None = None
-    ) -> asyncio.Task[None]:
+    def output_options(self, req: wire.OutputOptions) -> dict[str, Any]:
+        """The record's `output` params: result types, image format and quality, includeCost."""
+        return _output_options(req)
+
+    def submit(self, record: TaskRecord, job: Job, encoding: Encoding) -> asyncio.Task[None]:
         """Store the record, queue the job; the tracker's follower (ends with the record)."""
         self._create(record)
-        if encoding is None:
-            output = record.params["output"]
-            encoding = Encoding(ImageFormat(output["format"]), output["quality"])
         try:
             return self.dispatcher.submit(record.task_id, job, encoding)
         except JobError as error:
             self.store.delete(record.task_id)
             raise RunwareError.from_engine(error.code.value, error.message) from None
 
+    async def deliver(
+        self, req: DeliveredTask, record: TaskRecord, caller: Caller, follower: Awaitable[None]
+    ) -> list[dict[str, Any]]:
+        """A submitted task's answer: its items once it ends (sync), or at once the async
+        acknowledgement while delivery goes on in the background (the client polls)."""
+        if req.deliveryMethod == "async":
+            self._in_background(self._finish(record.task_id, caller, req, follower))
+            return [{"taskType": req.taskType, "taskUUID": req.taskUUID, "status": "processing"}]
+        return await self._finish(record.task_id, caller, req, follower)
+
     async def _finish(
         self,
         task_id: str,
         caller: Caller,
-        req: wire.ImageInference,
+        req: DeliveredTask,
         follower: Awaitable[None],
     ) -> list[dict[str, Any]]:
         """Wait for the task's record to be final, deliver (uploadEndpoint, webhookURL), and
@@ -263,7 +279,10 @@ class RunwareService:
             raise RunwareError.from_engine(record.error_code, record.error_message)
         if record.action in ("imageControlNetPreProcess", "controlNetPreprocess"):
             return [await self._preprocess_item(record, caller)]
+        if record.action in self.utilities.handlers:
+            return await self.utilities.items(record, caller)
         output = record.params.get("output", {})
+        nsfw = record.outputs.get("nsfw", [])
         items = []
         for i, image_id in enumerate(record.image_ids):
             item: dict[str, Any] = {
@@ -271,16 +290,18 @@ class RunwareService:
                 "taskUUID": record.task_id,
                 "status": "success",
                 "imageUUID": image_id,
-                **await self._image_fields(image_id, "image", output, caller),
+                **await self.image_fields(image_id, "image", output, caller),
             }
             if i < len(record.seeds):
                 item["seed"] = record.seeds[i]
+            if i < len(nsfw):
+                item["NSFWContent"] = nsfw[i]
             if output.get("include_cost"):
                 item["cost"] = output.get("cost", 0.0)
             items.append(item)
         return items
 
-    async def _image_fields(
+    async def image_fields(
         self, image_id: str, prefix: str, output: dict[str, Any], caller: Caller
     ) -> dict[str, Any]:
         """imageURL (always: SDKs take it as the sign of a finished image) plus the
@@ -420,7 +441,7 @@ class RunwareService:
             params={"preprocessor": code, "input_image": input_id, "output": output},
         )
         encoding = Encoding(ImageFormat(output["format"]), output["quality"])
-        follower = self._submit(record, job, encoding)
+        follower = self.submit(record, job, encoding)
         if task.get("deliveryMethod") == "async":
             self._in_background(follower)
             return [{"taskType": req.taskType, "taskUUID": req.taskUUID, "status": "processing"}]
@@ -457,7 +478,7 @@ class RunwareService:
             "status": "success",
             "guideImageUUID": guide_id,
             "inputImageUUID": record.params.get("input_image"),
-            **await self._image_fields(guide_id, "guideImage", record.params["output"], caller),
+            **await self.image_fields(guide_id, "guideImage", record.params["output"], caller),
         }
 
     # --- modelSearch ---

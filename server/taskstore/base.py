@@ -35,6 +35,9 @@ class TaskRecord:
     seeds: list[int] = field(default_factory=list)
     image_ids: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    # What the job reported besides images and texts: per-image NSFW flags ("nsfw"), the prompt
+    # as translated for the job ("translation").
+    outputs: dict[str, Any] = field(default_factory=dict)
     cost: int = 0
     error_code: str = ""  # a pipelines.jobs.ErrorCode value when status is ERROR
     error_message: str = ""
@@ -56,7 +59,13 @@ class TaskStore(Protocol):
 
     # finish and fail end a queued or running task only, and say whether they did: a task ends
     # once, whichever replica or worker gets there first.
-    def finish(self, task_id: str, image_ids: list[str], texts: list[str]) -> bool: ...
+    def finish(
+        self,
+        task_id: str,
+        image_ids: list[str],
+        texts: list[str],
+        outputs: dict[str, Any] | None = None,
+    ) -> bool: ...
 
     def fail(self, task_id: str, error_code: str, error_message: str) -> bool: ...
 

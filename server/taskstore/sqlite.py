@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from server.taskstore.base import TaskExists, TaskRecord, TaskStatus
 
@@ -27,6 +28,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     seeds TEXT NOT NULL,
     image_ids TEXT NOT NULL,
     texts TEXT NOT NULL,
+    outputs TEXT NOT NULL DEFAULT '{}',
     cost INTEGER NOT NULL,
     error_code TEXT NOT NULL,
     error_message TEXT NOT NULL,
@@ -40,7 +42,9 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 """
 
-_JSON_FIELDS = ("seeds", "image_ids", "texts", "params")
+_JSON_FIELDS = ("seeds", "image_ids", "texts", "outputs", "params")
+# Columns added after the first release: ALTER TABLE brings an older data directory up to date.
+_ADDED_COLUMNS = {"outputs": "TEXT NOT NULL DEFAULT '{}'"}
 _UNFINISHED = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
 
 
@@ -54,6 +58,10 @@ class SqliteTaskStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            present = {row["name"] for row in self._db.execute("PRAGMA table_info(tasks)")}
+            for name, declaration in _ADDED_COLUMNS.items():
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {declaration}")
 
     def _execute(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -98,14 +106,21 @@ class SqliteTaskStore:
             (progress, time.time(), task_id, TaskStatus.RUNNING.value),
         )
 
-    def finish(self, task_id: str, image_ids: list[str], texts: list[str]) -> bool:
+    def finish(
+        self,
+        task_id: str,
+        image_ids: list[str],
+        texts: list[str],
+        outputs: dict[str, Any] | None = None,
+    ) -> bool:
         cursor = self._execute(
-            "UPDATE tasks SET status = ?, progress = 1, image_ids = ?, texts = ?, updated_at = ?"
-            " WHERE task_id = ? AND status IN (?, ?)",
+            "UPDATE tasks SET status = ?, progress = 1, image_ids = ?, texts = ?, outputs = ?,"
+            " updated_at = ? WHERE task_id = ? AND status IN (?, ?)",
             (
                 TaskStatus.FINISHED.value,
                 json.dumps(image_ids),
                 json.dumps(texts),
+                json.dumps(outputs or {}),
                 time.time(),
                 task_id,
                 *_UNFINISHED,
@@ -170,6 +185,7 @@ _COLUMNS = (
     "seeds",
     "image_ids",
     "texts",
+    "outputs",
     "cost",
     "error_code",
     "error_message",

@@ -90,13 +90,15 @@ def test_lifecycle(tasks: TaskStore) -> None:
     assert (running.status, running.progress) == (TaskStatus.RUNNING, 0.5)
     assert running.updated_at >= created.updated_at
 
-    assert tasks.finish("t1", ["img-a", "img-b"], ["caption"]) is True
+    outputs = {"nsfw": [False, True], "translation": {"source_language": "de", "prompt": "a"}}
+    assert tasks.finish("t1", ["img-a", "img-b"], ["caption"], outputs) is True
     finished = tasks.get("t1")
     assert finished.status is TaskStatus.FINISHED
-    assert (finished.progress, finished.image_ids, finished.texts) == (
+    assert (finished.progress, finished.image_ids, finished.texts, finished.outputs) == (
         1.0,
         ["img-a", "img-b"],
         ["caption"],
+        outputs,
     )
     assert finished.created_at == created.created_at
     assert tasks.get("missing") is None

@@ -95,7 +95,7 @@ def test_reused_task_uuid_is_a_conflict(make_client) -> None:
 
 def test_unknown_and_not_yet_served_task_types(make_client) -> None:
     client = make_client()
-    unknown, later = task("makeCoffee"), task("removeBackground", inputImage="x")
+    unknown, later = task("makeCoffee"), task("photoMaker", positivePrompt="x")
     errors = rest(client, unknown, later).json()["errors"]
     assert [e["code"] for e in errors] == ["unknownTaskType", "unsupportedTaskType"]
     assert [e["taskUUID"] for e in errors] == [unknown["taskUUID"], later["taskUUID"]]

@@ -18,12 +18,17 @@ from PIL import Image
 
 from pipelines.job_codec import JobCodecError, decode_job, encode_job
 from pipelines.jobs import (
+    BackgroundRemovalJob,
+    Box,
+    CaptionJob,
     ControlMode,
     ControlUnit,
     GenerationJob,
     JobKind,
     Padding,
     PreprocessJob,
+    PromptEnhanceJob,
+    UpscaleJob,
     PromptWeighting,
     Refiner,
     ResizeMode,
@@ -122,6 +127,9 @@ def _loaded_job() -> GenerationJob:
         prompt_weighting=PromptWeighting.SDEMBEDS,
         mask_margin=32,
         outpaint=Padding(top=1, right=2, bottom=3, left=4),
+        translate_prompts=True,
+        prompt_language="de",
+        check_nsfw=True,
         owner="key-1",
         priority=5,
     )
@@ -152,6 +160,51 @@ def test_jobs_without_images_round_trip_to_equal_dataclasses() -> None:
     assert decoded == job
     assert type(decoded.guidance_scale) is float
     assert _trip(_plain_job()) == _plain_job()
+
+
+def _every_field_set(job: Any) -> None:
+    for f in dataclasses.fields(job):
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        assert getattr(job, f.name) != default, f"{f.name} is left at its default"
+
+
+def test_utility_jobs_round_trip_exactly() -> None:
+    jobs = [
+        BackgroundRemovalJob(
+            images=(_image("RGB"), _image("RGBA")),
+            model="rmbg-1.4",
+            box=Box(left=1, top=2, width=3, height=4),
+            only_mask=True,
+            alpha_matting=None,
+            foreground_threshold=200,
+            background_threshold=20,
+            erode_size=5,
+            post_process_mask=True,
+            background=(1, 2, 3, 4),
+            owner="k",
+            priority=1,
+        ),
+        CaptionJob(
+            images=(_image("RGB"),),
+            model="blip",
+            prompt="a photo of",
+            language="de",
+            max_tokens=20,
+            owner="k",
+            priority=2,
+        ),
+        PromptEnhanceJob(
+            prompt="a cat", versions=3, max_length=100, seed=7, model="gpt", owner="k", priority=3
+        ),
+        UpscaleJob(
+            image=_image("RGB"), factor=3.0, width=100, height=80, model="x4", owner="k", priority=4
+        ),
+    ]
+    for job in jobs:
+        _every_field_set(job)
+        _assert_same(job, _trip(job))
+    assert _trip(jobs[0]).box == Box(left=1, top=2, width=3, height=4)
+    assert _trip(jobs[0]).alpha_matting is None
 
 
 def test_preprocess_job_round_trips() -> None:

@@ -43,3 +43,22 @@ def test_lifecycle_and_reopen(tmp_path: Path) -> None:
     assert record.params == {"width": 64}
     assert record.progress == 1.0
     assert reopened.get("missing") is None
+
+
+def test_an_older_database_gains_the_outputs_column(tmp_path: Path) -> None:
+    """A data directory written before task outputs existed opens, and its records read back
+    with empty outputs; new finishes store them."""
+    import sqlite3
+
+    path = tmp_path / "tasks.sqlite3"
+    store = SqliteTaskStore(path)
+    store.create(_record("old"))
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE tasks DROP COLUMN outputs")
+        assert "outputs" not in {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+
+    reopened = SqliteTaskStore(path)
+    assert reopened.get("old").outputs == {}
+    assert reopened.finish("old", ["img"], [], {"nsfw": [True]})
+    assert reopened.get("old").outputs == {"nsfw": [True]}

@@ -30,6 +30,7 @@ from server.runware.legacy.tables import (
     DEFAULT_SIZE_ID,
     DEFAULT_TASK_TYPE,
     INFERENCE_TASK_TYPES,
+    LANGUAGE_CODES,
     LANGUAGES,
     LEGACY_CONTROLNET_PREFIX,
     LEGACY_MODEL_IDS,
@@ -52,6 +53,7 @@ DEFAULT_PROMPT_MAX_LENGTH = 380  # the legacy JS SDK's default
 DEFAULT_UPSCALE_FACTOR = 2
 MAX_SEED = 2**63 - 1
 CONTROL_MODES = frozenset({"balanced", "prompt", "controlnet"})
+AUTO_LANGUAGE = "auto"  # imageInference's promptLanguage: detect the prompt's language
 OUTPUT_TYPE = "URL"  # legacy replies carry image URLs (imageSrc / newImageSrc)
 # Options each easel preprocessor takes from newPreProcessControlNet. The SDKs send the canny
 # thresholds with every type (the Go SDK defaults them to 100 / 200), so others drop them.
@@ -423,8 +425,9 @@ def new_task_to_inference(task: Mapping[str, Any]) -> dict[str, Any]:
       bound to a checkpoint in the models manifest); any other string (an AIR id such as
       "civitai:132942@146296" or "runware:100@1") is kept as it is.
     - promptText: split on " -no " (split_negative); styleId then applies its template
-      (apply_style). promptLanguageId must be a documented language, and the prompt is passed
-      through untranslated: prompt translation is a later issue.
+      (apply_style). promptLanguageId must be a documented language; the prompts are translated
+      to English from it (promptLanguage: its ISO code, or "auto" to detect the language when it
+      is null or has no two-letter code), as the hosted service did. English passes untouched.
     - gScale -> CFGScale (default 7.5), steps default 20, numberResults default 1.
     - seed is passed through: image i of the task uses seed + i, as the legacy protocol says,
       because current imageInference does the same. Without a seed, imageInference draws one.
@@ -461,7 +464,7 @@ def _new_task(body: Mapping[str, Any]) -> LegacyTask:
         if style is None:
             raise _lookup_error(fields, "styleId", style_id, STYLES)
         positive, negative = apply_style(style, positive, negative)
-    _check_language(fields)
+    language = _prompt_language(fields)
 
     size_id = fields.count("sizeId", DEFAULT_SIZE_ID)
     size = SIZES.get(size_id)
@@ -484,6 +487,7 @@ def _new_task(body: Mapping[str, Any]) -> LegacyTask:
         "CFGScale": fields.number("gScale", DEFAULT_GUIDANCE, minimum=0),
         "numberResults": number_results,
         "outputType": OUTPUT_TYPE,
+        "promptLanguage": language,
     }
     seed = fields.integer("seed", minimum=0, maximum=MAX_SEED)
     if seed is not None:
@@ -533,6 +537,15 @@ def _check_language(fields: _Fields) -> None:
             "promptLanguageId",
             f"{language!r} is unknown; known ids: {_ranges(LANGUAGES)} (null: detect)",
         )
+
+
+def _prompt_language(fields: _Fields) -> str:
+    """imageInference's promptLanguage for promptLanguageId: the ISO code, or "auto"."""
+    _check_language(fields)
+    language = fields.identifier("promptLanguageId")
+    return (
+        LANGUAGE_CODES.get(language, AUTO_LANGUAGE) if isinstance(language, int) else AUTO_LANGUAGE
+    )
 
 
 def _model(fields: _Fields) -> str:
