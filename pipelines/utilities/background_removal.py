@@ -21,16 +21,19 @@ family's input size), then each job's images are finished on their own:
 4. alpha matting: a trimap from the mask: >= foreground_threshold is certain foreground, <=
    background_threshold certain background, each shrunk by erode_size pixels (cv2.erode with a
    (2 x erode_size + 1) square); the rest is the unknown band. Certain pixels become exactly
-   255 / 0; in the band the alpha is He et al.'s colour guided filter of the mask (certain parts
-   set to 1 / 0) guided by the image's RGB, radius max(2, erode_size), eps 1e-4 (on [0, 1]
-   colours): locally the alpha becomes a linear function of the colours, so it follows the
-   subject's real edge (hair, fur) instead of the model's blurred one.
+   255 / 0; in the band the alpha is He et al.'s colour guided filter of the mask, guided by the
+   image's RGB (eps 1e-4 on [0, 1] colours), applied GUIDE_PASSES (3) times with the certain
+   pixels pinned to 1 / 0 before each pass. The window radius is the band's mean width (band
+   pixels / pixels on the boundary of mask >= 128, rounded up), within 2..64, so each band pixel
+   sees colours from both sides. Locally the alpha becomes a linear function of the colours, so
+   it moves to the subject's real edge (hair, fur) from the model's blurred one.
    alpha_matting None decides per image from the plain mask, before post-processing: matting
    runs when the mask's edge is soft, i.e. (pixels with 0.05 < alpha < 0.95) / (pixels on the
-   boundary of alpha >= 0.5) -- the soft band's mean width in image pixels -- times
+   boundary of mask >= 128) -- the soft band's mean width in image pixels -- times
    min(1, sqrt(model input area / image area)) -- so it is counted in the coarser of the two
    pixel grids, where an upscaled crisp edge stays crisp -- is at least SOFT_EDGE_WIDTH (3).
-5. result: only_mask -> the final alpha as a mode "L" image. Otherwise an RGBA image with the
+5. result (steps 3 and 4 run in that order): only_mask -> the final alpha, after smoothing and
+   matting, as a mode "L" image (rembg would return its mask before matting). Otherwise an RGBA image with the
    image's own RGB values (unchanged, also where transparent) and the final alpha; with a
    background colour, that cut-out composited "over" an RGBA canvas of the colour (PIL's
    alpha_composite).
@@ -65,7 +68,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 SOFT_LOW, SOFT_HIGH = 0.05, 0.95  # alpha values strictly between count as "soft"
 SOFT_EDGE_WIDTH = 3.0  # mean soft-band width (coarser pixels) from which auto matting runs
-MIN_GUIDE_RADIUS = 2  # the guided filter's smallest window radius
+MIN_GUIDE_RADIUS = 2  # the guided filter's window radius: at least...
+MAX_GUIDE_RADIUS = 64  # ... and at most
+GUIDE_PASSES = 3  # each pass sharpens the band further towards the colours' edges
 GUIDE_EPS = 1e-4  # its regularisation: colour variance below ~1% of the range counts as flat
 SMOOTH_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
 SMOOTH_BLUR = (5, 5)
@@ -343,12 +348,17 @@ def soft_edge(mask: np.ndarray, image_size: tuple[int, int], model_size: tuple[i
     """Whether the mask's edge is soft enough to need matting (see the module docstring)."""
     alpha = mask.astype(np.float32) / 255.0
     soft = np.count_nonzero((alpha > SOFT_LOW) & (alpha < SOFT_HIGH))
-    solid = (alpha >= 0.5).astype(np.uint8)
-    edge = np.count_nonzero(solid != cv2.erode(solid, np.ones((3, 3), np.uint8)))
+    edge = _boundary(mask)
     if edge == 0:
         return False
     scale = min(1.0, math.sqrt(model_size[0] * model_size[1] / (image_size[0] * image_size[1])))
     return soft / edge * scale >= SOFT_EDGE_WIDTH
+
+
+def _boundary(mask: np.ndarray) -> int:
+    """How many pixels lie on the inner boundary of mask >= 128: the subject's outline length."""
+    solid = (mask >= 128).astype(np.uint8)
+    return int(np.count_nonzero(solid != cv2.erode(solid, np.ones((3, 3), np.uint8))))
 
 
 def smooth(mask: np.ndarray) -> np.ndarray:
@@ -381,25 +391,26 @@ def matte(
     """The alpha: 255 / 0 where certain, the guided filter's solution in the unknown band."""
     foreground, background = trimap(mask, foreground_threshold, background_threshold, erode_size)
     unknown = ~(foreground | background)
-    alpha = np.where(foreground, 255, 0).astype(np.uint8)
     if not unknown.any():
-        return alpha
-    radius = max(MIN_GUIDE_RADIUS, erode_size)
-    # Values in the band depend on pixels at most 2 x radius away: filter only that window.
+        return np.where(foreground, 255, 0).astype(np.uint8)
+    # The window spans the band's mean width: every band pixel then sees both sides' colours.
+    width = math.ceil(np.count_nonzero(unknown) / max(_boundary(mask), 1))
+    radius = min(max(MIN_GUIDE_RADIUS, width), MAX_GUIDE_RADIUS)
+    # A pass reads pixels up to 2 x radius away: filter only the band's surroundings.
     rows, cols = np.nonzero(unknown)
-    margin = 2 * radius + 1
+    margin = GUIDE_PASSES * (2 * radius + 1)
     top, bottom = max(rows.min() - margin, 0), min(rows.max() + margin + 1, mask.shape[0])
     left, right = max(cols.min() - margin, 0), min(cols.max() + margin + 1, mask.shape[1])
     window = np.s_[top:bottom, left:right]
-    source = np.where(
-        foreground[window], 1.0, np.where(background[window], 0.0, mask[window] / 255)
-    )
+    certain, fixed = ~unknown[window], foreground[window].astype(np.float64)
     guide = rgb[window].astype(np.float64) / 255.0
-    solved = guided_filter(guide, source, radius, GUIDE_EPS)
-    band = unknown[window]
-    values = (np.clip(solved, 0.0, 1.0) * 255).round().astype(np.uint8)
-    alpha[window][band] = values[band]
-    return alpha
+    alpha = np.where(certain, fixed, mask[window] / 255.0)
+    for _ in range(GUIDE_PASSES):
+        solved = guided_filter(guide, alpha, radius, GUIDE_EPS)
+        alpha = np.where(certain, fixed, np.clip(solved, 0.0, 1.0))
+    result = np.where(foreground, 255, 0).astype(np.uint8)
+    result[window] = (alpha * 255).round().astype(np.uint8)
+    return result
 
 
 def guided_filter(guide: np.ndarray, source: np.ndarray, radius: int, eps: float) -> np.ndarray:

@@ -49,7 +49,8 @@ MAX_ROUNDS = 4  # sampling rounds to find the versions (each draws the ones stil
 
 MAX_VERSIONS = 5
 MIN_LENGTH, MAX_LENGTH = 4, 400  # bounds of max_length, in characters
-TRAILING = " \t,;:.|/-_"  # stripped off a version's end (a dangling separator)
+TRAILING = " ,;:.|/-_"  # stripped off a version's end: dangling separators
+BROKEN = "\ufffd"  # what a token ending inside a UTF-8 character decodes to
 SPACES = re.compile(r"\s+")
 
 
@@ -163,13 +164,14 @@ def max_new_tokens(prompt_length: int, max_length: int) -> int:
 
 
 def cut(text: str, prompt_length: int, max_length: int) -> str:
-    """A sampled text as a version: its first line, spaces collapsed, at most max_length
-    characters ending at a word boundary, without a dangling separator. The first prompt_length
-    characters (the user's prompt) are kept as they are; a continuation whose first word does not
-    fit leaves the prompt alone."""
+    """A sampled text as a version: its first line, with control characters and broken bytes
+    dropped and spaces collapsed, at most max_length characters ending at a word boundary,
+    without a dangling separator. The first prompt_length characters (the user's prompt) are
+    kept as they are; a continuation whose first word does not fit leaves the prompt alone."""
     head = text[:prompt_length]
-    tail = SPACES.sub(" ", re.split(r"[\r\n]", text[prompt_length:], maxsplit=1)[0])
-    text = head + tail
+    line = re.split(r"[\r\n]", text[prompt_length:], maxsplit=1)[0]
+    kept = "".join(c for c in line if c.isspace() or (c.isprintable() and c != BROKEN))
+    text = head + SPACES.sub(" ", kept)
     if len(text) > max_length:
         if text[max_length] != " ":  # the cut falls inside a word: back to its start
             boundary = text.rfind(" ", prompt_length, max_length + 1)

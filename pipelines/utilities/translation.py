@@ -56,9 +56,16 @@ ANY_LANGUAGE = "mul"  # an opus-mt source "language" that stands for any
 # --- detection ------------------------------------------------------------------------------------
 
 MIN_LATIN_LETTERS = 6  # fewer letters than this: too short to tell, English
-ASCII_CONFIDENCE = 0.9  # langdetect's probability needed to call plain ASCII text non-English
-ACCENTED_CONFIDENCE = 0.5  # ... text with non-ASCII Latin letters (ä, é, ñ, ł...)
-MIN_SCRIPT_LETTERS = 2  # letters of a non-Latin script that make a prompt that script's
+# langdetect's probability needed to call a Latin-script text non-English: plain ASCII text with
+# a single function word of the language needs much (tag lists fool n-grams)...
+ASCII_CONFIDENCE = 0.9
+# ... text with non-ASCII letters (ä, é, ñ, ł...) or several different function words less.
+EVIDENT_CONFIDENCE = 0.5
+EVIDENT_WORDS = 2  # different function words of a language that are evidence enough
+MIN_SCRIPT_LETTERS = 2  # letters of non-Latin scripts that make a prompt non-English
+# langdetect's probability needed to prefer another language of a script over its main one
+# (it tells Russian from Macedonian, or Hindi from Nepali, poorly on short texts).
+SCRIPT_CONFIDENCE = 0.9
 DETECTION_SEED = 0
 
 # Function words (articles, prepositions, conjunctions) per Latin-script language: evidence that
@@ -77,10 +84,9 @@ FUNCTION_WORDS: dict[str, frozenset[str]] = {
         "muy su sus entre",
         "it": "il lo la gli le un una uno di del della dei delle con nel nella sul sulla e "
         "che per da dal dalla alla al è molto tra",
-        "pt": "o os as um uma de do da dos das com na nas em e que por para ao sobre "
-        "muito é",
+        "pt": "o os as um uma de do da dos das com na nas em e que por para ao sobre muito é",
         "nl": "de het een met op van en is bij naar voor onder uit aan zijn die dat",
-        "pl": "na w z i ze do pod nad jest przy oraz się od po",
+        "pl": "na w we z i ze do pod nad jest przy oraz się od po o",
         "sv": "en ett och med på av är från till det den som vid",
         "da": "en et og med på af er fra til det den som ved",
         "no": "en et og med på av er fra til det den som ved",
@@ -94,10 +100,9 @@ FUNCTION_WORDS: dict[str, frozenset[str]] = {
 }
 
 # Non-Latin scripts (the first word of a letter's Unicode name) -> the langdetect codes of the
-# languages written in them, the script's main language first (the answer when langdetect names
-# none of them).
+# languages written in them, the script's main language first.
 SCRIPT_LANGUAGES: dict[str, tuple[str, ...]] = {
-    "CJK": ("zh-cn", "zh-tw", "ja", "ko"),
+    "CJK": ("zh-cn", "zh-tw", "ja"),  # Korean is told by its Hangul
     "HIRAGANA": ("ja",),
     "KATAKANA": ("ja",),
     "KATAKANA-HIRAGANA": ("ja",),
@@ -186,17 +191,17 @@ def detect_language(text: str) -> str:
     words = WORD.findall(text.lower())
     if sum(len(word) for word in words) < MIN_LATIN_LETTERS:
         return ENGLISH
-    threshold = ASCII_CONFIDENCE if text.isascii() else ACCENTED_CONFIDENCE
+    english = sum(word in FUNCTION_WORDS[ENGLISH] for word in words)
     for code, probability in _probabilities(text):
         language = normalise_language(code)
-        if language == ENGLISH or probability < threshold:
-            continue
         markers = FUNCTION_WORDS.get(language)
-        if markers is None:
+        if language == ENGLISH or markers is None:
             continue
-        foreign = sum(word in markers for word in words)
-        english = sum(word in FUNCTION_WORDS[ENGLISH] for word in words)
-        if foreign > english:
+        found = [word for word in words if word in markers]
+        if len(found) <= english:
+            continue
+        evident = not text.isascii() or len(set(found)) >= EVIDENT_WORDS
+        if probability >= (EVIDENT_CONFIDENCE if evident else ASCII_CONFIDENCE):
             return language
     return ENGLISH
 
@@ -232,10 +237,9 @@ def _dominant_script(text: str) -> str | None:
             script = _script(char)
             if script in SCRIPT_LANGUAGES:
                 counts[script] = counts.get(script, 0) + 1
-    found = [script for script, count in counts.items() if count >= MIN_SCRIPT_LETTERS]
-    if not found:
+    if sum(counts.values()) < MIN_SCRIPT_LETTERS:
         return None
-    return max(found, key=lambda script: (script in DECISIVE_SCRIPTS, counts[script]))
+    return max(counts, key=lambda script: (script in DECISIVE_SCRIPTS, counts[script]))
 
 
 def _script(char: str) -> str:
@@ -246,13 +250,14 @@ def _script(char: str) -> str:
 
 
 def _script_language(text: str, script: str) -> str:
-    """The language of a text written (at least partly) in a non-Latin script."""
-    candidates = SCRIPT_LANGUAGES[script]
-    if len(candidates) > 1:
-        for code, _probability in _probabilities(text):
-            if code in candidates:
+    """The language of a text written (at least partly) in a non-Latin script: the script's
+    main language unless langdetect is sure of another one written in it."""
+    main, *others = SCRIPT_LANGUAGES[script]
+    if others:
+        for code, probability in _probabilities(text):
+            if code in others and probability >= SCRIPT_CONFIDENCE:
                 return normalise_language(code)
-    return normalise_language(candidates[0])
+    return normalise_language(main)
 
 
 def _probabilities(text: str) -> list[tuple[str, float]]:
@@ -424,9 +429,7 @@ def max_new_tokens(input_tokens: int, positions: int | None) -> int:
     return budget if positions is None else min(budget, positions)
 
 
-def translate(
-    texts: Sequence[str], source: str, target: str, resources: Resources
-) -> list[str]:
+def translate(texts: Sequence[str], source: str, target: str, resources: Resources) -> list[str]:
     """texts (all in `source`) in `target`, in one batched call of the installed model; empty
     texts stay empty."""
     source, target = normalise_language(source), normalise_language(target)
@@ -479,9 +482,7 @@ def to_english(
         translated = translate(texts, language, ENGLISH, resources)
         prompts, negatives = translated[: len(indices)], translated[len(indices) :]
         for i, prompt, negative in zip(indices, prompts, negatives, strict=True):
-            job = replace(
-                jobs[i], prompt=prompt, negative_prompt=negative, translate_prompts=False
-            )
+            job = replace(jobs[i], prompt=prompt, negative_prompt=negative, translate_prompts=False)
             results[i] = (job, Translation(language, prompt, negative))
     return results
 

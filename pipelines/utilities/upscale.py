@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -269,13 +270,22 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise _unavailable(f"{path} does not exist (moved or deleted since it was found?)")
     try:
         if path.suffix.lower() in PICKLE_SUFFIXES:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # "dispatching to torch.jit.load": it refuses
+                warnings.filterwarnings("ignore", "'torch.load' received a zip file")
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
         else:
             loaded = load_file(path, device="cpu")
-    except (pickle.UnpicklingError, RuntimeError) as error:
+    except pickle.UnpicklingError as error:
         raise _unavailable(
-            f"{path} holds more than plain tensors (pickled Python objects or TorchScript), "
-            f"which easel does not load: convert it to .safetensors ({_first_line(error)})"
+            f"{path} holds pickled Python objects besides its tensors, which easel does not "
+            f"unpickle (they can run code): convert it to .safetensors ({_unpickle_reason(error)})"
+        ) from None
+    except RuntimeError as error:
+        if "TorchScript" not in str(error):
+            raise _unavailable(f"{path} cannot be read: {_first_line(error)}") from None
+        raise _unavailable(
+            f"{path} is a TorchScript archive (code), which easel does not load: use the "
+            "model's .safetensors or .pth state dict"
         ) from None
     except (OSError, SafetensorError, EOFError, ValueError) as error:
         raise _unavailable(f"{path} cannot be read: {_first_line(error)}") from None
@@ -294,3 +304,13 @@ def _unavailable(message: str) -> JobError:
 
 def _first_line(error: BaseException) -> str:
     return str(error).strip().split("\n")[0]
+
+
+def _unpickle_reason(error: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused (its message is mostly advice to load the file
+    unsafely)."""
+    marker = "WeightsUnpickler error:"
+    text = str(error)
+    if marker not in text:
+        return _first_line(error)
+    return text.split(marker, 1)[1].split(". ", 1)[0].strip()

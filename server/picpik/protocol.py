@@ -245,6 +245,9 @@ class TaskDetail(BaseModel):
     ErrorCode: int
     ErrorMassage: str  # sic: the documented field name
     Progress: float  # extension: 0..1
+    # extension: the prompts as translated for the job (TranslatePrompts), else null:
+    # {"Language": the source language, "PositivePrompt": ..., "NegativePrompt": ...}
+    TranslatedPrompts: dict[str, str] | None = None
 
 
 class ModelEntry(BaseModel):

@@ -217,6 +217,7 @@ class PicpikService:
             ErrorCode=int(error),
             ErrorMassage=record.error_message,
             Progress=1.0 if record.status is TaskStatus.FINISHED else round(record.progress, 4),
+            TranslatedPrompts=_translated_prompts(record.outputs.get("translation")),
         )
 
     async def list_running_tasks(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
@@ -331,3 +332,13 @@ def _model_entry(
         },
         Description=description or model.description,
     ).model_dump()
+
+
+def _translated_prompts(translation: dict[str, Any] | None) -> dict[str, str] | None:
+    if not translation:
+        return None
+    return {
+        "Language": translation["source_language"],
+        "PositivePrompt": translation["prompt"],
+        "NegativePrompt": translation["negative_prompt"],
+    }

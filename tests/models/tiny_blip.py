@@ -81,7 +81,8 @@ def save_tiny_blip(folder: Path, *, seed: int = SEED) -> Path:
     tokenizer = BertTokenizer(
         vocab={token: i for i, token in enumerate(VOCAB)}, bos_token=BOS, model_max_length=64
     )
-    tokenizer.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)  # tokenizer.json + tokenizer_config.json
+    (folder / "vocab.txt").write_text("".join(f"{token}\n" for token in VOCAB), encoding="utf-8")
     BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
     tiny_blip(seed=seed).save_pretrained(folder, safe_serialization=True)
     return folder

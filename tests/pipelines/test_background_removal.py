@@ -90,7 +90,9 @@ def one(remove: Runner, family: str, image: Image.Image, **options: object) -> I
 
 def mask_of(remove: Runner, family: str, image: Image.Image, **options: object) -> np.ndarray:
     out = one(remove, family, image, only_mask=True, **options)
-    assert out.mode == "L" and out.size == image.size
+    box = options.get("box")
+    assert out.mode == "L"
+    assert out.size == (image.size if box is None else (box.width, box.height))  # type: ignore[attr-defined]
     return np.asarray(out)
 
 
@@ -200,7 +202,11 @@ def test_background_colour_is_composited_behind(remove: Runner, family: str) -> 
     expected = np.asarray(image) * alpha + np.array(colour[:3]) * (1 - alpha)
     assert np.abs(pixels[..., :3] - expected).max() <= 1
     assert (pixels[..., 3] == 255).all()
-    assert tuple(pixels[2, 2]) == colour  # clear ground: just the colour
+    # with a binary mask: the colour exactly where clear, the image exactly where opaque
+    binary = mask_of(remove, family, image, post_process_mask=True)
+    out = np.asarray(one(remove, family, image, background=colour, post_process_mask=True))
+    assert (out[binary == 0] == colour).all() and (binary == 0).any()
+    assert (out[binary == 255][:, :3] == np.asarray(image)[binary == 255]).all()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -217,6 +223,8 @@ def test_post_process_mask_drops_specks_and_binarises(remove: Runner, family: st
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_alpha_matting_changes_the_edge_band_only(remove: Runner, family: str) -> None:
+    """Certain pixels become exactly opaque / clear (unchanged where the model already said
+    255 / 0), the band between them is re-solved."""
     image = photo(blur=3)
     options = {"foreground_threshold": 200, "background_threshold": 40, "erode_size": 2}
     plain = mask_of(remove, family, image)
@@ -226,8 +234,8 @@ def test_alpha_matting_changes_the_edge_band_only(remove: Runner, family: str) -
     assert foreground.any() and background.any() and band.any()
     assert (matted[foreground] == 255).all() and (matted[background] == 0).all()
     assert (matted[band] != plain[band]).sum() > band.sum() // 4
-    for y, x in ((24, 32), (2, 2), (45, 62)):  # far from the edge: as the model said
-        assert matted[y, x] == plain[y, x]
+    settled = ~band & ((plain == 0) | (plain == 255))
+    assert settled.any() and np.array_equal(matted[settled], plain[settled])
 
 
 def test_matting_follows_the_colour_edge() -> None:
@@ -236,13 +244,13 @@ def test_matting_follows_the_colour_edge() -> None:
     image = photo()
     outline = Image.new("L", SIZE, 0)
     ImageDraw.Draw(outline).ellipse(DISC, fill=255)
-    truth = np.asarray(outline)
+    truth = np.asarray(outline).astype(int)
     blurred = np.asarray(outline.filter(ImageFilter.GaussianBlur(3)))
     matted = br.matte(np.asarray(image), blurred, 240, 10, 1)
     foreground, background = br.trimap(blurred, 240, 10, 1)
     band = ~(foreground | background)
-    error_before = np.abs(blurred[band].astype(int) - truth[band]).mean()
-    error_after = np.abs(matted[band].astype(int) - truth[band]).mean()
+    error_before = np.abs(blurred[band] - truth[band]).mean()
+    error_after = np.abs(matted[band] - truth[band]).mean()
     assert error_after < error_before / 2
 
 

@@ -301,9 +301,14 @@ def test_unusable_files_are_refused(tmp_path: Path) -> None:
     smuggling = tmp_path / "smuggling.pth"
     with smuggling.open("wb") as file:
         pickle.dump(
-            {"params": {"body.0.weight": torch.zeros(1)}, "extra": Smuggled()}, file, protocol=2
+            {"extra": Smuggled(), "params": {"body.0.weight": torch.zeros(1)}}, file, protocol=2
         )
-    assert "convert it to .safetensors" in refused(smuggling)
+    message = refused(smuggling)
+    assert "convert it to .safetensors" in message and "Smuggled" in message
+
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 3, 3)), str(scripted))
+    assert "TorchScript" in refused(scripted)
 
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not safetensors")
