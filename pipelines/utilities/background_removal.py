@@ -33,10 +33,10 @@ family's input size), then each job's images are finished on their own:
    min(1, sqrt(model input area / image area)) -- so it is counted in the coarser of the two
    pixel grids, where an upscaled crisp edge stays crisp -- is at least SOFT_EDGE_WIDTH (3).
 5. result (steps 3 and 4 run in that order): only_mask -> the final alpha, after smoothing and
-   matting, as a mode "L" image (rembg would return its mask before matting). Otherwise an RGBA image with the
-   image's own RGB values (unchanged, also where transparent) and the final alpha; with a
-   background colour, that cut-out composited "over" an RGBA canvas of the colour (PIL's
-   alpha_composite).
+   matting, as a mode "L" image (rembg would return its mask before matting). Otherwise an RGBA
+   image with the image's own RGB values (unchanged, also where transparent) and the final
+   alpha; with a background colour, that cut-out composited "over" an RGBA canvas of the colour
+   (PIL's alpha_composite).
 """
 
 from __future__ import annotations
@@ -264,9 +264,9 @@ def run(
     inputs = [[_input(image, job) for image in job.images] for job in jobs]
     masks = iter(predict(segmenter, [image for images in inputs for image in images]))
     ctx.report_step(1, 2)
+    size = segmenter.family.size
     results = []
     for job, images in zip(jobs, inputs, strict=True):
-        size = segmenter.family.size
         outputs = [_finish(job, image, next(masks), size) for image in images]
         results.append(JobResult(images=tuple(outputs), seeds=job.seeds))
     ctx.report_step(2, 2)
@@ -280,8 +280,9 @@ def predict(segmenter: Segmenter, images: Sequence[Image.Image]) -> list[np.ndar
     mean = torch.tensor(family.mean).view(3, 1, 1)
     std = torch.tensor(family.std).view(3, 1, 1)
     batch = torch.stack([(family.resize(image, family.size) - mean) / std for image in images])
-    output = segmenter.model(batch.to(device=parameter.device, dtype=parameter.dtype))
-    probabilities = family.mask(output).float().cpu()
+    with torch.inference_mode():  # the worker's already; also when called directly
+        output = segmenter.model(batch.to(device=parameter.device, dtype=parameter.dtype))
+        probabilities = family.mask(output).float().cpu()
     return [
         _plain_mask(probabilities[i : i + 1], image.size, family.stretch)
         for i, image in enumerate(images)

@@ -42,11 +42,17 @@ class CaptionFamily:
     model_class: type
     processor_class: type
     example: str  # a repository of that kind, for error messages
+    # The folder holds one of these: without them the processor would quietly build an empty
+    # default tokenizer and every caption would be garbage.
+    tokenizer_files: tuple[str, ...]
 
 
 FAMILIES: dict[str, CaptionFamily] = {  # config.json `architectures` -> family
     "BlipForConditionalGeneration": CaptionFamily(
-        BlipForConditionalGeneration, BlipProcessor, "Salesforce/blip-image-captioning-base"
+        BlipForConditionalGeneration,
+        BlipProcessor,
+        "Salesforce/blip-image-captioning-base",
+        tokenizer_files=("tokenizer.json", "vocab.txt"),
     ),
 }
 
@@ -150,10 +156,17 @@ def _load(model: UtilityModel, cache: PipelineCache) -> Captioner:
     """The model (on the worker's device and dtype) and its processor; a folder of another
     architecture, or a broken one, is MODEL_UNAVAILABLE naming it."""
     family = _family(model)
+    if not any((model.path / name).is_file() for name in family.tokenizer_files):
+        raise JobError(
+            ErrorCode.MODEL_UNAVAILABLE,
+            f"the caption model {model.path} has no tokenizer "
+            f"({' or '.join(family.tokenizer_files)}); install the complete "
+            f"{family.example}-style folder",
+        )
     try:
         loaded = family.model_class.from_pretrained(model.path, local_files_only=True)
         processor = family.processor_class.from_pretrained(model.path, local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+    except Exception as error:  # whatever transformers raises, the folder is unusable
         raise JobError(
             ErrorCode.MODEL_UNAVAILABLE,
             f"the caption model {model.path} could not be loaded ({error}); it must be a "

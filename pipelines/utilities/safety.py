@@ -75,7 +75,7 @@ def _load(model: UtilityModel, cache: PipelineCache) -> SafetyChecker:
     try:
         checker = StableDiffusionSafetyChecker.from_pretrained(model.path, local_files_only=True)
         processor = CLIPImageProcessor.from_pretrained(model.path, local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+    except Exception as error:  # whatever diffusers / transformers raise, it is unusable
         raise JobError(
             ErrorCode.MODEL_UNAVAILABLE,
             f"the safety checker {model.path} could not be loaded ({error}); it must be the "

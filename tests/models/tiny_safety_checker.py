@@ -1,10 +1,10 @@
 """A tiny random-weight Stable Diffusion safety checker that flags one chosen image.
 
 The folder is what CompVis/stable-diffusion-safety-checker holds: config.json (a CLIPConfig,
-architectures StableDiffusionSafetyChecker), model.safetensors and preprocessor_config.json (a
-CLIPImageProcessor), loadable with `StableDiffusionSafetyChecker.from_pretrained(folder)` and
-`CLIPImageProcessor.from_pretrained(folder)`. The CLIP vision tower is 32 wide, 2 layers, on
-32x32 images.
+architectures StableDiffusionSafetyChecker), model.safetensors (with CompVis' key names) and
+preprocessor_config.json (a CLIPImageProcessor), loadable with
+`StableDiffusionSafetyChecker.from_pretrained(folder)` and `CLIPImageProcessor.from_pretrained
+(folder)`. The CLIP vision tower is 32 wide, 2 layers, on 32x32 images.
 
 The real checker compares an image's projected CLIP embedding with 17 "concept" embeddings (and
 3 "special care" ones) and flags the image when a cosine similarity passes that concept's
@@ -21,12 +21,14 @@ from pathlib import Path
 import torch
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from PIL.Image import Image
+from safetensors.torch import load_file, save_file
 from transformers import CLIPConfig, CLIPImageProcessor
 
 IMAGE_SIZE = 32
 WEIGHT_STD = 0.2  # transformers' init (0.02) maps every image to almost the same embedding
 FLAG_THRESHOLD = 0.98  # cosine to concept 0 above which an image is flagged
 NEVER = 2.0  # a threshold no cosine reaches
+OUTER = "vision_model."  # the checker's CLIPVisionModel attribute
 
 
 def tiny_safety_checker(*, seed: int = 0) -> StableDiffusionSafetyChecker:
@@ -83,5 +85,18 @@ def save_tiny_safety_checker(folder: Path, flagged: Image | None = None, *, seed
             checker.concept_embeds[0] = embedding
             checker.concept_embeds_weights[0] = FLAG_THRESHOLD
     checker.save_pretrained(folder, safe_serialization=True)
+    _legacy_keys(folder / "model.safetensors")
     processor.save_pretrained(folder)
     return folder
+
+
+def _legacy_keys(path: Path) -> None:
+    """Rename the weights as CompVis' file has them: written by transformers 4, whose
+    CLIPVisionModel nested its transformer as `.vision_model` (keys `vision_model.vision_model.*`;
+    transformers 5 dropped that level and maps the old names when loading)."""
+    state = load_file(path)
+    renamed = {
+        f"{OUTER}{OUTER}{key.removeprefix(OUTER)}" if key.startswith(OUTER) else key: value
+        for key, value in state.items()
+    }
+    save_file(renamed, path, metadata={"format": "pt"})

@@ -53,6 +53,10 @@ ENDOFTEXT = "<|endoftext|>"
 # fairseq's dictionary order, which M2M100's vocab.json keeps.
 M2M100_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 MARIAN_SPECIALS = ("</s>", "<unk>")  # "<pad>" goes last
+# Weights drawn wider than the usual 0.02, so that the tiny translators' outputs depend on their
+# inputs and language tokens (at 0.02 they write the same few tokens whatever they are given).
+INIT_STD = 0.5
+QUIET_SCALE = 0.2
 
 
 def save_tiny_causal_lm(folder: Path) -> Path:
@@ -121,12 +125,15 @@ def save_tiny_m2m100(folder: Path, *, list_language_tokens: bool = True) -> Path
         encoder_ffn_dim=32,
         decoder_ffn_dim=32,
         max_position_embeddings=128,
+        init_std=INIT_STD,
         bos_token_id=0,
         pad_token_id=1,
         eos_token_id=2,
         decoder_start_token_id=2,
     )
-    _save_seq2seq(M2M100ForConditionalGeneration, config, folder)
+    # the language and made-up tokens, quietened: a random model would mostly write them
+    quiet = range(len(vocab), config.vocab_size)
+    _save_seq2seq(M2M100ForConditionalGeneration, config, folder, quiet=quiet)
     return folder
 
 
@@ -158,6 +165,7 @@ def save_tiny_marian(folder: Path, source: str, target: str) -> Path:
         encoder_ffn_dim=32,
         decoder_ffn_dim=32,
         max_position_embeddings=128,
+        init_std=INIT_STD,
         pad_token_id=pad,
         eos_token_id=0,
         decoder_start_token_id=pad,
@@ -171,10 +179,16 @@ def _save_seq2seq(
     model_class: type[M2M100ForConditionalGeneration] | type[MarianMTModel],
     config: M2M100Config | MarianConfig,
     folder: Path,
+    *,
+    quiet: range = range(0),
 ) -> None:
+    """Saves a seeded random model_class(config); the (tied) embedding rows of the `quiet` ids
+    are scaled down, which makes the model unlikely to write those tokens."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = model_class(config).eval()
+    with torch.no_grad():
+        model.get_input_embeddings().weight[quiet.start : quiet.stop] *= QUIET_SCALE
     model.save_pretrained(folder)
 
 

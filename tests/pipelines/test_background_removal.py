@@ -223,8 +223,7 @@ def test_post_process_mask_drops_specks_and_binarises(remove: Runner, family: st
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_alpha_matting_changes_the_edge_band_only(remove: Runner, family: str) -> None:
-    """Certain pixels become exactly opaque / clear (unchanged where the model already said
-    255 / 0), the band between them is re-solved."""
+    """Certain pixels become exactly opaque / clear, the band between them is re-solved."""
     image = photo(blur=3)
     options = {"foreground_threshold": 200, "background_threshold": 40, "erode_size": 2}
     plain = mask_of(remove, family, image)
@@ -234,8 +233,6 @@ def test_alpha_matting_changes_the_edge_band_only(remove: Runner, family: str) -
     assert foreground.any() and background.any() and band.any()
     assert (matted[foreground] == 255).all() and (matted[background] == 0).all()
     assert (matted[band] != plain[band]).sum() > band.sum() // 4
-    settled = ~band & ((plain == 0) | (plain == 255))
-    assert settled.any() and np.array_equal(matted[settled], plain[settled])
 
 
 def test_matting_follows_the_colour_edge() -> None:
@@ -270,8 +267,8 @@ def test_automatic_matting_runs_on_soft_edges_only(remove: Runner, family: str) 
 
 
 def test_soft_edge_is_counted_on_the_coarser_grid() -> None:
-    """An edge 8 image pixels wide is soft on a small image, and an upscaled crisp edge on a
-    4x larger one than the model's input is not."""
+    """A ramp 8 pixels wide is a soft edge on an image smaller than the model's input, not on
+    one 4 x its size (there it is a crisp edge of the model's grid, upscaled)."""
     ramp = np.tile(np.clip(np.arange(-40, 40) * 32 + 128, 0, 255), (80, 1)).astype(np.uint8)
     assert br.soft_edge(ramp, (80, 80), (1024, 1024))
     assert not br.soft_edge(ramp, (80, 80), (20, 20))

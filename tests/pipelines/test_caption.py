@@ -18,10 +18,11 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from models.cache import PipelineCache
 from models.catalogue import Catalogue
-from models.utility_models import Utility, UtilityModel, find
-from pipelines.jobs import CaptionJob, ErrorCode, JobError
+from models.utility_models import Utility, UtilityModel, UtilityModelMissing, find
+from pipelines.jobs import CaptionJob, ErrorCode, JobError, JobResult
 from pipelines.runners.common import Resources, RunContext
 from pipelines.utilities import UTILITIES, caption, translation
+from tests.engine_harness import run_jobs
 from tests.models.tiny_blip import save_tiny_blip
 
 MAX_TOKENS = 8
@@ -246,7 +247,7 @@ def test_cancellation_propagates(
 def test_missing_and_unsupported_models_are_unavailable(
     model: UtilityModel, tmp_path: Path
 ) -> None:
-    with pytest.raises(Exception) as missing:
+    with pytest.raises(UtilityModelMissing) as missing:
         find(tmp_path, Utility.CAPTION)
     assert "caption" in str(missing.value) and "blip-image-captioning-base" in str(missing.value)
 
@@ -257,13 +258,36 @@ def test_missing_and_unsupported_models_are_unavailable(
     broken = tmp_path / "caption" / "blip-broken"
     shutil.copytree(model.path, broken)
     (broken / "model.safetensors").unlink()
+    untokenized = tmp_path / "caption" / "blip-no-tokenizer"
+    shutil.copytree(model.path, untokenized)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        (untokenized / name).unlink()
     resources = Resources(Catalogue([]), PipelineCache("cpu", torch.float32), tmp_path)
     job = CaptionJob(images=(Image.new("RGB", (8, 8)),))
     for name, fragments in (
         ("git-base", ("GitForCausalLM", "BlipForConditionalGeneration")),
         ("blip-broken", ("blip-broken", "could not be loaded")),
+        ("blip-no-tokenizer", ("blip-no-tokenizer", "no tokenizer")),
     ):
         with pytest.raises(JobError) as error:
             _run([job], find(tmp_path, Utility.CAPTION, name), resources)
         assert error.value.code is ErrorCode.MODEL_UNAVAILABLE
         assert all(fragment in error.value.message for fragment in fragments)
+
+
+def test_engine_runs_caption_jobs(
+    models_dir: Path, direct: Any, images: list[Image.Image], tmp_path: Path
+) -> None:
+    """Through a real engine (queue, worker thread, component cache): the same captions, and a
+    model name that is not installed refused with what is."""
+    jobs = [
+        CaptionJob(images=(images[0], images[3]), max_tokens=MAX_TOKENS),
+        CaptionJob(images=(images[1],), prompt="a photo of", model="blip-tiny"),
+        CaptionJob(images=(images[2],), model="blip-large"),
+    ]
+    first, second, missing = run_jobs(models_dir, tmp_path, jobs)
+    assert isinstance(first, JobResult) and isinstance(second, JobResult)
+    assert first.texts == (_reference(direct, images[0]), _reference(direct, images[3]))
+    assert second.texts == (_reference(direct, images[1], "a photo of", 60),)
+    assert isinstance(missing, JobError) and missing.code is ErrorCode.MODEL_UNAVAILABLE
+    assert "blip-large" in missing.message and "blip-tiny" in missing.message

@@ -53,7 +53,7 @@ _DELETE = object()
 
 BAD_REQUESTS: list[tuple[str, dict, RetCode, str]] = [
     ("unknown action", {"Action": "MakeCoffee"}, RetCode.UNKNOWN_ACTION, "MakeCoffee"),
-    ("later action", {"Action": "DescribeImages"}, RetCode.UNSUPPORTED, "DescribeImages"),
+    ("later action", {"Action": "SwitchFace"}, RetCode.UNSUPPORTED, "SwitchFace"),
     ("width too small", _bad(Width=63), RetCode.INVALID_PARAMETER, "Width"),
     ("width too large", _bad(Width=2561), RetCode.INVALID_PARAMETER, "Width"),
     ("height as text", _bad(Height="tall"), RetCode.INVALID_PARAMETER, "Height"),

@@ -48,7 +48,7 @@ def _noise(seed: int = 0, size: int = 64) -> Image.Image:
         ({"seedImage": "not an image"}, "invalidImage", "seedImage"),
         ({"scheduler": "NoSuchScheduler"}, "invalidParameter", None),
         ({"lora": [{"model": "nope", "weight": 1}]}, "unknownModel", "lora[0].model"),
-        ({"checkNSFW": True}, "invalidParameter", "checkNSFW"),
+        ({"checkNSFW": True}, "modelUnavailable", None),  # no safety checker installed
         ({"outputFormat": "GIF"}, "invalidParameter", "outputFormat"),
         (
             {

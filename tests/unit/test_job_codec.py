@@ -28,13 +28,13 @@ from pipelines.jobs import (
     Padding,
     PreprocessJob,
     PromptEnhanceJob,
-    UpscaleJob,
     PromptWeighting,
     Refiner,
     ResizeMode,
     StyleReference,
     SubModel,
     SubModelKind,
+    UpscaleJob,
 )
 
 RNG = np.random.default_rng(0)

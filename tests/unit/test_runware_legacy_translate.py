@@ -286,6 +286,7 @@ def test_new_task_full_translation() -> None:
         "CFGScale": 6,
         "numberResults": 2,
         "outputType": "URL",
+        "promptLanguage": "en",  # promptLanguageId 1: English, taken as it is
         "seed": 1234,
         "scheduler": "EulerDiscreteScheduler",
         "clipSkip": 1,
@@ -309,7 +310,20 @@ def test_new_task_defaults() -> None:
         "CFGScale": 7.5,  # the legacy default, not the current protocol's 7
         "numberResults": 1,
         "outputType": "URL",
+        "promptLanguage": "auto",  # no promptLanguageId: the language is detected
     }
+
+
+@pytest.mark.parametrize(
+    ("language_id", "expected"),
+    [(23, "de"), (1, "en"), (194, "en"), (None, "auto"), (222, "auto")],  # 222: no ISO code
+)
+def test_prompt_language_id_becomes_prompt_language(
+    language_id: int | None, expected: str
+) -> None:
+    inference = new_task_to_inference(_task(promptLanguageId=language_id))
+    assert inference["promptLanguage"] == expected
+    wire.parse(wire.ImageInference, inference)
 
 
 def test_null_and_ignored_fields_are_absent() -> None:
