@@ -26,6 +26,7 @@ from pipelines.batching.keys import BatchKey, BatchMode, batch_key
 from pipelines.batching.stats import EngineStats
 from pipelines.handle import JobHandle
 from pipelines.jobs import (
+    CaptionJob,
     ErrorCode,
     GenerationJob,
     Job,
@@ -209,6 +210,8 @@ class Engine:
         if not isinstance(job, GenerationJob):
             self.utility_model(job)
             UTILITIES[type(job)].check(job)
+            if isinstance(job, CaptionJob) and job.language not in (None, translation.ENGLISH):
+                translation.check_installed(self.config.models_dir)
             return None
         return self._validate_generation(job)
 

@@ -318,9 +318,7 @@ def test_new_task_defaults() -> None:
     ("language_id", "expected"),
     [(23, "de"), (1, "en"), (194, "en"), (None, "auto"), (222, "auto")],  # 222: no ISO code
 )
-def test_prompt_language_id_becomes_prompt_language(
-    language_id: int | None, expected: str
-) -> None:
+def test_prompt_language_id_becomes_prompt_language(language_id: int | None, expected: str) -> None:
     inference = new_task_to_inference(_task(promptLanguageId=language_id))
     assert inference["promptLanguage"] == expected
     wire.parse(wire.ImageInference, inference)
