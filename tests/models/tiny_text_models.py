@@ -56,7 +56,7 @@ MARIAN_SPECIALS = ("</s>", "<unk>")  # "<pad>" goes last
 # Weights drawn wider than the usual 0.02, so that the tiny translators' outputs depend on their
 # inputs and language tokens (at 0.02 they write the same few tokens whatever they are given).
 INIT_STD = 0.5
-QUIET_SCALE = 0.2
+QUIET_SCALE = 0.5
 
 
 def save_tiny_causal_lm(folder: Path) -> Path:

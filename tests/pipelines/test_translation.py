@@ -215,7 +215,7 @@ def test_source_language(generation_job: GenerationJob, expected: str | None) ->
 
 def test_m2m100_translation_matches_a_direct_generate(tmp_path: Path) -> None:
     folder = save_tiny_m2m100(tmp_path / "translation" / "m2m100_418M")
-    texts = ["un chat sur le toit, chef-d'oeuvre", "une femme sous la pluie"]
+    texts = ["un chat sur le toit, chef-d'oeuvre", "une femme sous la pluie", *GERMAN]
     with torch.inference_mode():
         got = translation.translate(texts, "fr", "en", resources_for(tmp_path))
         german = translation.translate(texts, "de", "en", resources_for(tmp_path))
