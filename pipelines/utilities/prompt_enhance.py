@@ -92,7 +92,7 @@ def run(jobs: Sequence[PromptEnhanceJob], model: UtilityModel, ctx: RunContext) 
         (Utility.PROMPT_ENHANCE.value, str(model.path)),
         lambda: _load(model.path, cache.device, cache.dtype),
     )
-    results = []
+    results: list[JobResult] = []
     for job in jobs:
         versions = enhance(job, loaded, cache.device, ctx.report_step)
         results.append(JobResult(images=(), seeds=job.seeds, texts=tuple(versions)))
@@ -109,13 +109,14 @@ def enhance(
     inputs = tokenizer(prompt, return_tensors="pt").to(device)
     prompt_tokens = inputs["input_ids"].shape[1]
     positions = getattr(loaded.model.config, "max_position_embeddings", None)
-    room = max_new_tokens(len(prompt), job.max_length)
+    new_tokens = max_new_tokens(len(prompt), job.max_length)
     if positions is not None:
-        room = min(room, positions - prompt_tokens)
-    if room < 1:
+        new_tokens = min(new_tokens, positions - prompt_tokens)
+    if new_tokens < 1:
         raise JobError(
             ErrorCode.INVALID_INPUT,
-            f"the prompt ({prompt_tokens} tokens) is too long for this model ({positions})",
+            f"the prompt ({prompt_tokens} tokens) is too long for this model, which reads "
+            f"{positions} tokens at most",
         )
     versions: list[str] = []
     report(0, job.versions)
@@ -123,7 +124,7 @@ def enhance(
         for _ in range(MAX_ROUNDS):
             output = loaded.model.generate(
                 **inputs,
-                **sampling_arguments(tokenizer, room),
+                **sampling_arguments(tokenizer, new_tokens),
                 num_return_sequences=job.versions - len(versions),
             )
             for sequence in output:

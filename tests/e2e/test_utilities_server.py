@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -31,6 +32,7 @@ from pipelines.jobs import (
     GenerationJob,
     JobKind,
     JobResult,
+    PreprocessJob,
     UpscaleJob,
 )
 from server.picpik.errors import RetCode
@@ -359,6 +361,44 @@ def test_upscale_on_both_protocols(
     assert _download(body["images"][0]["imageSrc"]).size == (64, 48)
 
 
+# --- ControlNet preprocessing ---
+
+
+def test_controlnet_preprocess_current_protocol(
+    server: ServerProcess, models_dir: Path, engine_data: Path
+) -> None:
+    picture = _picture(64, 64)
+    image_id = _upload(server, picture)
+    maps = []
+    for low, high in ((50, 100), (200, 250)):
+        (item,) = _runware_data(
+            server,
+            {
+                "taskType": "imageControlNetPreProcess",
+                "inputImage": image_id,
+                "preProcessorType": "canny",
+                "lowThresholdCanny": low,
+                "highThresholdCanny": high,
+                "outputFormat": "PNG",
+            },
+        )
+        assert item["inputImageUUID"] == image_id
+        maps.append(np.asarray(_download(item["guideImageURL"]).convert("L")))
+        expected = _direct(
+            models_dir,
+            engine_data,
+            PreprocessJob(
+                image=picture,
+                preprocessor="canny",
+                options=MappingProxyType(
+                    {"low_threshold": float(low), "high_threshold": float(high)}
+                ),
+            ),
+        ).images[0]
+        assert np.array_equal(maps[-1], np.asarray(expected.convert("L")))  # parity
+    assert not np.array_equal(maps[0], maps[1])  # the thresholds act
+
+
 # --- prompt translation ---
 
 
@@ -506,6 +546,14 @@ def test_missing_models_are_named_on_both_protocols(bare_server: ServerProcess) 
         ({"taskType": "caption", "inputImage": image_id}, "caption"),
         ({"taskType": "promptEnhance", "prompt": "a cat"}, "prompt-enhance"),
         ({"taskType": "upscale", "inputImage": image_id}, "upscale_models"),
+        (
+            {
+                "taskType": "imageControlNetPreProcess",
+                "inputImage": image_id,
+                "preProcessorType": "mlsd",
+            },
+            "annotators",
+        ),
         (
             {
                 "taskType": "imageInference",

@@ -56,6 +56,8 @@ MARIAN_SPECIALS = ("</s>", "<unk>")  # "<pad>" goes last
 # Weights drawn wider than the usual 0.02, so that the tiny translators' outputs depend on their
 # inputs and language tokens (at 0.02 they write the same few tokens whatever they are given).
 INIT_STD = 0.5
+# M2M100's 108 language and made-up tokens outnumber half its tiny vocabulary: their embedding
+# rows (tied to the output layer) are scaled by this, or the random model writes mostly them.
 QUIET_SCALE = 0.5
 
 
@@ -131,8 +133,7 @@ def save_tiny_m2m100(folder: Path, *, list_language_tokens: bool = True) -> Path
         eos_token_id=2,
         decoder_start_token_id=2,
     )
-    # the language and made-up tokens, quietened: a random model would mostly write them
-    quiet = range(len(vocab), config.vocab_size)
+    quiet = range(len(vocab), config.vocab_size)  # the language and made-up tokens
     _save_seq2seq(M2M100ForConditionalGeneration, config, folder, quiet=quiet)
     return folder
 

@@ -23,7 +23,7 @@ from models.catalogue import Catalogue
 from models.utility_models import Utility
 from pipelines.jobs import ErrorCode, GenerationJob, JobError, JobKind, Translation
 from pipelines.runners.common import Resources
-from pipelines.utilities import translation
+from pipelines.utilities import language, translation
 from tests.models.tiny_text_models import save_tiny_m2m100, save_tiny_marian
 
 ENGLISH_PROMPTS = (
@@ -191,7 +191,7 @@ def test_detection_is_deterministic_across_threads() -> None:
     ],
 )
 def test_normalise_language(code: str, expected: str) -> None:
-    assert translation.normalise_language(code) == expected
+    assert language.normalise_language(code) == expected
 
 
 @pytest.mark.parametrize(
