@@ -342,7 +342,7 @@ class DeviceWorker(threading.Thread):
         pipe, context = self._load(first, reporter)
         with torch.inference_mode(), adapted(pipe, first, context):
             images = RUNNERS[first.kind](pipe, jobs, context)  # type: ignore[arg-type]
-            return [self._result(h, i) for h, i in zip(handles, images, strict=True)]
+            return self._results(handles, images)
 
     def _utility(self, handles: list[JobHandle]) -> list[JobResult]:
         """Utility jobs with one key: their utility model (cached by the runner), one call."""
@@ -435,18 +435,30 @@ class DeviceWorker(threading.Thread):
 
         self.parts.handback.submit(finish)
 
-    def _result(self, handle: JobHandle, images: Sequence[Image]) -> JobResult:
-        """A job's result from its images: with the NSFW flags when it asked for the check
-        (on this thread: the checker runs on the device), and its prompt's translation."""
-        job = handle.job
-        nsfw: tuple[bool, ...] = ()
-        if isinstance(job, GenerationJob) and job.check_nsfw and images:
-            nsfw = tuple(safety.check_nsfw(images, self.resources))
-        return JobResult(tuple(images), job.seeds, nsfw=nsfw, translation=handle.translation)
+    def _results(
+        self, handles: Sequence[JobHandle], images: Sequence[Sequence[Image]]
+    ) -> list[JobResult]:
+        """Jobs' results from their images: with NSFW flags for the jobs that asked for the
+        check (one pass of the checker for all of them, on this thread: it runs on the
+        device), and each prompt's translation."""
+        wanted = [_checks_nsfw(h) for h in handles]
+        checked = [
+            image for want, group in zip(wanted, images, strict=True) if want for image in group
+        ]
+        flags = iter(safety.check_nsfw(checked, self.resources) if checked else [])
+        return [
+            JobResult(
+                tuple(group),
+                handle.job.seeds,
+                nsfw=tuple(next(flags) for _ in group) if want else (),
+                translation=handle.translation,
+            )
+            for handle, group, want in zip(handles, images, wanted, strict=True)
+        ]
 
     def _settle(self, handle: JobHandle, images: Sequence[Image]) -> None:
         try:
-            result = self._result(handle, images)
+            (result,) = self._results([handle], [images])
         except Exception as error:  # a job's failure, never the worker's
             self._fail([handle], error)
             return
@@ -471,6 +483,10 @@ def _dropped_if_cancelled(handle: JobHandle) -> bool:
         handle.fail_cancelled()
         return True
     return False
+
+
+def _checks_nsfw(handle: JobHandle) -> bool:
+    return isinstance(handle.job, GenerationJob) and handle.job.check_nsfw
 
 
 def _silent_reporter(step: int, total: int) -> None:

@@ -168,9 +168,10 @@ def test_other_languages_are_detected() -> None:
     assert found == {prompt: language for language, prompt in OTHER_PROMPTS}
 
 
-def test_detection_is_deterministic_across_threads() -> None:
-    prompts = [p for p in ENGLISH_PROMPTS] + [p for _, p in OTHER_PROMPTS]
+def test_detection_is_deterministic_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    prompts = [*ENGLISH_PROMPTS, *(prompt for _, prompt in OTHER_PROMPTS)]
     serial = [translation.detect_language(p) for p in prompts]
+    monkeypatch.setattr(language, "_factory", None)  # threads race to load the profiles
     with ThreadPoolExecutor(max_workers=4) as pool:
         for _ in range(3):
             assert list(pool.map(translation.detect_language, prompts)) == serial
