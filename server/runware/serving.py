@@ -195,10 +195,8 @@ class RunwareService:
                 "deliveryMethod": req.deliveryMethod or "sync",
             },
         )
-        output = record.params["output"]
-        follower = self.submit(
-            record, job, Encoding(ImageFormat(output["format"]), output["quality"])
-        )
+        encoding = Encoding(ImageFormat(output["format"]), output["quality"])
+        follower = self.submit(record, job, encoding)
         return await self.deliver(req, record, caller, follower)
 
     def output_options(self, req: wire.OutputOptions) -> dict[str, Any]:

@@ -105,7 +105,9 @@ class UtilityTasks:
         if not sources:
             raise _missing("inputImage")
         images = [
-            (await self._input(source, f"inputImages[{i}]" if req.inputImages else "inputImage"))[0]
+            await self.service.inputs.load(
+                source, f"inputImages[{i}]" if req.inputImages else "inputImage"
+            )
             for i, source in enumerate(sources)
         ]
         job = CaptionJob(
