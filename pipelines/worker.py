@@ -351,7 +351,10 @@ class DeviceWorker(threading.Thread):
         model = find(self.parts.models_dir, runner.utility, jobs[0].model)
         context = RunContext(self._step_reporter(handles), resources=self.resources)
         with torch.inference_mode():
-            return runner.run(jobs, model, context)
+            results = runner.run(jobs, model, context)
+        # One utility call is one model pass over every job's inputs (the batch statistics).
+        self.parts.stats.record_forward(sum(job.num_images for job in jobs))
+        return results
 
     def _translated(self, handles: list[JobHandle]) -> list[JobHandle]:
         """The handles, with the prompts of jobs that asked for translation in English (one
