@@ -8,6 +8,7 @@ of separate tasks share forward passes in a worker.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -27,11 +28,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from pipelines.jobs import CaptionJob, JobResult
 from server.cluster.redis_tasks import RedisTaskStore
 from tests.cluster.clients import LONG_JOB, download, picpik, wait_running
 from tests.cluster.processes import Cluster
 from tests.e2e.test_runware_sdks import CLIENT_TIMEOUT_S, CLIENTS_DIR, sdk_folder
+from tests.engine_harness import run_jobs
 from tests.models import tiny
+from tests.models.tiny_blip import save_tiny_blip
 from tests.picpik_client import PicpikClient
 
 MODEL = {"ModelCode": "easel-demo", "InferenceParams": {"Steps": 6}}
@@ -49,6 +53,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         '[aliases]\n"runware:100@1" = "tiny"\n'
         '[models."checkpoints/tiny.safetensors"]\nconfig = "configs/tiny"\n'
     )
+    save_tiny_blip(root / "caption" / "blip-tiny")  # utility tasks run on the workers too
     return root
 
 
@@ -302,3 +307,34 @@ def _data_uri(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_utility_task_runs_on_a_worker_and_answers_on_any_replica(
+    cluster: Cluster, models_dir: Path, tmp_path: Path
+) -> None:
+    """A caption task travels like a generation job: accepted by one replica (async), run by a
+    worker, its text read back through the other replica; the same text as one machine's."""
+    picture = Image.new("RGB", (40, 32), (200, 40, 40))
+    picture.paste((20, 20, 220), (10, 8, 30, 24))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    image = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    task_uuid = str(uuid.uuid4())
+    task = {"taskType": "caption", "taskUUID": task_uuid, "inputImage": image}
+    (ack,) = runware(cluster.apis[0].url, {**task, "deliveryMethod": "async"})["data"]
+    assert ack["status"] == "processing"
+    poll = {"taskType": "getResponse", "taskUUID": task_uuid}
+    deadline = time.monotonic() + 120
+    while True:
+        (item,) = runware(cluster.apis[1].url, poll)["data"]
+        if item["status"] != "processing" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    (expected,) = run_jobs(models_dir, tmp_path / "data", [CaptionJob(images=(picture,))])
+    assert isinstance(expected, JobResult)
+    assert item == {
+        "taskType": "caption",
+        "taskUUID": task_uuid,
+        "status": "success",
+        "text": expected.texts[0],
+    }
