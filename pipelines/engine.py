@@ -19,7 +19,7 @@ from models.cache import PipelineCache
 from models.catalogue import Catalogue, ModelKind, ModelSpec, UnknownModelError
 from models.manifest import ManifestError
 from models.registry import build_catalogue
-from models.utility_models import UtilityModel, UtilityModelMissing, find
+from models.utility_models import UtilityModel
 from pipelines.batching.budget import MemoryBudget, cuda_activation_budget
 from pipelines.batching.former import BatchFormer, BatchPolicy, QueueFull
 from pipelines.batching.keys import BatchKey, BatchMode, batch_key
@@ -42,6 +42,7 @@ from pipelines.runners import preprocess as preprocess_runner
 from pipelines.runners import refiner
 from pipelines.samplers import is_known_sampler
 from pipelines.utilities import UTILITIES, safety, translation
+from pipelines.utilities.installed import installed_model
 from pipelines.worker import DeviceWorker, WorkerParts, default_dtype, detect_devices
 
 log = logging.getLogger(__name__)
@@ -204,36 +205,34 @@ class Engine:
         Cluster API replicas call this before queueing, so a bad request fails at once there
         and the checkpoint code picks the job's queue.
         """
+        return self._validated(job)[0]
+
+    def _validated(self, job: Job) -> tuple[ModelInfo | None, str]:
+        """The job's checkpoint (None: preprocessing and utilities) and the model its batch key
+        names: the checkpoint's code, a utility model's path, "" for preprocessing."""
         if isinstance(job, PreprocessJob):
             preprocess_runner.validate(job, self.config.models_dir)
-            return None
+            return None, ""
         if not isinstance(job, GenerationJob):
-            self.utility_model(job)
-            UTILITIES[type(job)].check(job)
-            if isinstance(job, CaptionJob) and job.language not in (None, translation.ENGLISH):
-                translation.check_installed(self.config.models_dir)
-            return None
-        return self._validate_generation(job)
+            return None, str(self._validate_utility(job).path)
+        model = self._validate_generation(job)
+        return model, model.code
 
-    def utility_model(self, job: UtilityJob) -> UtilityModel:
-        """The installed model a utility job runs on; JobError MODEL_UNAVAILABLE naming what to
-        install when there is none (or none by the name asked)."""
-        try:
-            return find(self.config.models_dir, UTILITIES[type(job)].utility, job.model)
-        except UtilityModelMissing as missing:
-            raise JobError(ErrorCode.MODEL_UNAVAILABLE, str(missing)) from None
+    def _validate_utility(self, job: UtilityJob) -> UtilityModel:
+        """The installed model a utility job runs on; JobError when there is none (or none by
+        the name asked) or the job cannot run."""
+        model = installed_model(self.config.models_dir, UTILITIES[type(job)].utility, job.model)
+        UTILITIES[type(job)].check(job)
+        if isinstance(job, CaptionJob) and job.language not in (None, translation.ENGLISH):
+            translation.check_installed(self.config.models_dir)
+        return model
 
     def _admit(self, job: Job, job_id: str) -> JobHandle:
         """Validate, key and queue the job; JobError when it cannot run or the queue is full."""
         assert self._loop is not None
-        model = self.validate(job)
-        if isinstance(job, PreprocessJob):
-            key = batch_key(job, job_id=job_id)
-        elif not isinstance(job, GenerationJob):
-            key = batch_key(job, job_id=job_id, model=str(self.utility_model(job).path))
-        else:
-            assert model is not None
-            key = batch_key(job, job_id=job_id, model=model.code, architecture=model.architecture)
+        checkpoint, model = self._validated(job)
+        architecture = "" if checkpoint is None else checkpoint.architecture
+        key = batch_key(job, job_id=job_id, model=model, architecture=architecture)
         handle = JobHandle(job_id, job, self._loop, self._cancel)
         try:
             self._former.put(

@@ -33,7 +33,6 @@ from PIL.Image import Image
 from models.cache import PipelineCache
 from models.catalogue import Catalogue, ModelKind, ModelSpec, UnknownModelError
 from models.loader import ModelLoadError
-from models.utility_models import UtilityModelMissing, find
 from pipelines.adapters import adapted
 from pipelines.batching.former import BatchFormer
 from pipelines.batching.keys import BatchKey, BatchMode
@@ -56,6 +55,7 @@ from pipelines.runners import RUNNERS
 from pipelines.runners import preprocess as preprocess_runner
 from pipelines.runners.common import Resources, RunContext, StepReporter
 from pipelines.utilities import UTILITIES, safety, translation
+from pipelines.utilities.installed import installed_model
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ MASKED_KINDS = frozenset({JobKind.INPAINT, JobKind.BACKGROUND})
 FAILURES: dict[type[Exception], ErrorCode] = {
     UnknownModelError: ErrorCode.UNKNOWN_MODEL,
     ModelLoadError: ErrorCode.MODEL_UNAVAILABLE,
-    UtilityModelMissing: ErrorCode.MODEL_UNAVAILABLE,
     torch.OutOfMemoryError: ErrorCode.OUT_OF_MEMORY,
 }
 
@@ -348,7 +347,7 @@ class DeviceWorker(threading.Thread):
         """Utility jobs with one key: their utility model (cached by the runner), one call."""
         jobs: list[UtilityJob] = [handle.job for handle in handles]  # type: ignore[misc]
         runner = UTILITIES[type(jobs[0])]
-        model = find(self.parts.models_dir, runner.utility, jobs[0].model)
+        model = installed_model(self.parts.models_dir, runner.utility, jobs[0].model)
         context = RunContext(self._step_reporter(handles), resources=self.resources)
         with torch.inference_mode():
             results = runner.run(jobs, model, context)

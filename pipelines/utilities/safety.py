@@ -25,9 +25,10 @@ from PIL.Image import Image
 from transformers import CLIPImageProcessor
 
 from models.cache import PipelineCache
-from models.utility_models import Utility, UtilityModel, UtilityModelMissing, find
+from models.utility_models import Utility, UtilityModel
 from pipelines.jobs import ErrorCode, JobError
 from pipelines.runners.common import Resources
+from pipelines.utilities.installed import installed_model
 
 # The checker's forward warns that "a black image will be returned instead": not so in easel,
 # which passes it placeholders and keeps the images.
@@ -42,14 +43,14 @@ class SafetyChecker:
 
 def check_installed(models_dir: Path | None) -> None:
     """JobError MODEL_UNAVAILABLE naming what to install when no safety checker is."""
-    _installed(models_dir)
+    installed_model(models_dir, Utility.SAFETY_CHECKER)
 
 
 def check_nsfw(images: Sequence[Image], resources: Resources) -> list[bool]:
     """Whether each image is NSFW, in one batched pass of the installed safety checker."""
     if not images:
         return []
-    model = _installed(resources.models_dir)
+    model = installed_model(resources.models_dir, Utility.SAFETY_CHECKER)
     cache = resources.cache
     checker = cache.component(("safety_checker", str(model.path)), lambda: _load(model, cache))
     pixels = checker.processor(
@@ -60,13 +61,6 @@ def check_nsfw(images: Sequence[Image], resources: Resources) -> list[bool]:
     placeholders = np.zeros((len(images), 1, 1, 3), dtype=np.float32)
     _placeholders, flags = checker.model(clip_input=clip_input, images=placeholders)
     return [bool(flag) for flag in flags]
-
-
-def _installed(models_dir: Path | None) -> UtilityModel:
-    try:
-        return find(models_dir, Utility.SAFETY_CHECKER)
-    except UtilityModelMissing as missing:
-        raise JobError(ErrorCode.MODEL_UNAVAILABLE, str(missing)) from None
 
 
 def _load(model: UtilityModel, cache: PipelineCache) -> SafetyChecker:

@@ -25,11 +25,11 @@ from models.utility_models import (
     LAYOUTS,
     Utility,
     UtilityModel,
-    install_hint,
     installed,
 )
 from pipelines.jobs import ErrorCode, GenerationJob, JobError, Translation
 from pipelines.runners.common import Resources
+from pipelines.utilities.installed import installed_model
 from pipelines.utilities.language import ENGLISH, detect_language, normalise_language
 
 ANY_LANGUAGE = "mul"  # an opus-mt source "language" that stands for any
@@ -154,8 +154,7 @@ def source_language(job: GenerationJob) -> str | None:
 
 def check_installed(models_dir: Path | None) -> None:
     """JobError MODEL_UNAVAILABLE naming what to install when no translation model is."""
-    if not installed(models_dir, Utility.TRANSLATION):
-        raise JobError(ErrorCode.MODEL_UNAVAILABLE, install_hint(models_dir, Utility.TRANSLATION))
+    installed_model(models_dir, Utility.TRANSLATION)
 
 
 def translator_for(models_dir: Path | None, source: str, target: str) -> Translator:
