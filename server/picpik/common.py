@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from PIL.Image import Image
 from pydantic import BaseModel, ValidationError
 
 from pipelines.jobs import Job
+from server.images import ImageDecodeError, decode_base64_image
 from server.picpik.errors import PicpikError, RetCode
 from server.summary import job_summary
 from server.validation import error_location
@@ -59,3 +62,11 @@ def parse(model: type[W], body: dict[str, Any]) -> W:
             RetCode.INVALID_PARAMETER,
             f"invalid {error_location(first['loc']) or 'request'}: {first['msg']}",
         ) from None
+
+
+async def decode_image(data: str, field: str) -> Image:
+    """A base64 image field, decoded off the event loop; INVALID_IMAGE naming the field."""
+    try:
+        return await asyncio.to_thread(decode_base64_image, data)
+    except ImageDecodeError as error:
+        raise PicpikError(RetCode.INVALID_IMAGE, f"{field} {error}") from None

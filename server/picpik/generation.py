@@ -10,7 +10,6 @@ docs/picpik.md.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from pipelines.jobs import (
 )
 from pipelines.masking import rgba_foreground
 from pipelines.samplers import is_known_sampler
-from server.images import ImageDecodeError, decode_base64_image
 from server.picpik import protocol as wire
 from server.picpik.common import (
     DEFAULT_CFG_SCALE,
@@ -46,6 +44,7 @@ from server.picpik.common import (
     DEFAULT_STEPS,
     Caller,
     Submit,
+    decode_image,
     parse,
     point_cost,
     round_side,
@@ -121,12 +120,7 @@ class ImageInputs:
                 f"invalid {field}: {index} is out of range ({self.name} has {len(self.images)})",
             )
         if index not in self._decoded:
-            try:
-                self._decoded[index] = await asyncio.to_thread(
-                    decode_base64_image, self.images[index]
-                )
-            except ImageDecodeError as error:
-                raise PicpikError(RetCode.INVALID_IMAGE, f"{self.name}[{index}] {error}") from None
+            self._decoded[index] = await decode_image(self.images[index], f"{self.name}[{index}]")
         return self._decoded[index]
 
     async def mask(self, index: int, field: str, invert: bool) -> Image:

@@ -14,16 +14,14 @@ below are easel's choice, documented in docs/picpik.md:
 
 from __future__ import annotations
 
-import asyncio
 from types import MappingProxyType
 from typing import Any
 
 from PIL.Image import Image
 
 from pipelines.jobs import BackgroundRemovalJob, Box, CaptionJob, Job, UpscaleJob
-from server.images import ImageDecodeError, decode_base64_image
 from server.picpik import protocol as wire
-from server.picpik.common import Caller, Handler, Submit, parse
+from server.picpik.common import Caller, Handler, Submit, decode_image, parse
 from server.picpik.errors import PicpikError, RetCode
 
 # HairOptimization -> BackgroundRemovalJob.alpha_matting (None: the engine decides from how soft
@@ -47,7 +45,7 @@ class UtilityActions:
 
     async def remove_background(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         req = parse(wire.RemoveBackgroundRequest, body)
-        image = await _decode(req.RawImage, "RawImage")
+        image = await decode_image(req.RawImage, "RawImage")
         return self._queue(req.Action, _background_job(req, (image,), caller), caller)
 
     async def remove_backgrounds_in_batch(
@@ -55,7 +53,8 @@ class UtilityActions:
     ) -> dict[str, Any]:
         req = parse(wire.RemoveBackgroundsInBatchRequest, body)
         images = [
-            await _decode(data, f"RawImageList[{i}]") for i, data in enumerate(req.RawImageList)
+            await decode_image(data, f"RawImageList[{i}]")
+            for i, data in enumerate(req.RawImageList)
         ]
         return self._queue(req.Action, _background_job(req, tuple(images), caller), caller)
 
@@ -63,7 +62,7 @@ class UtilityActions:
         req = parse(wire.ResizeImageRequest, body)
         if req.Width is None and req.Height is None:
             raise PicpikError(RetCode.INVALID_PARAMETER, "invalid Width: Width or Height is needed")
-        image = await _decode(req.RawImage, "RawImage")
+        image = await decode_image(req.RawImage, "RawImage")
         job = UpscaleJob(image=image, width=req.Width, height=req.Height, owner=caller.owner)
         return self._queue(req.Action, job, caller)
 
@@ -75,7 +74,9 @@ class UtilityActions:
                 RetCode.INVALID_PARAMETER,
                 "invalid TranslateDescription: a two-letter language code such as 'de' or 'zh'",
             )
-        images = [await _decode(data, f"ImageList[{i}]") for i, data in enumerate(req.ImageList)]
+        images = [
+            await decode_image(data, f"ImageList[{i}]") for i, data in enumerate(req.ImageList)
+        ]
         job = CaptionJob(
             images=tuple(images),
             language=None if language in ENGLISH else language,
@@ -110,10 +111,3 @@ def _background_job(
         erode_size=req.ErodeSize,
         owner=caller.owner,
     )
-
-
-async def _decode(data: str, field: str) -> Image:
-    try:
-        return await asyncio.to_thread(decode_base64_image, data)
-    except ImageDecodeError as error:
-        raise PicpikError(RetCode.INVALID_IMAGE, f"{field} {error}") from None

@@ -57,6 +57,15 @@ class ImageInputs:
                 parameter,
             ) from None
 
+    async def load_kept(self, value: str, parameter: str) -> tuple[Image.Image, str]:
+        """The image and its imageUUID: the one it was sent as, else the id it is stored under
+        now (results report the input's id as inputImageUUID)."""
+        image = await self.load(value, parameter)
+        image_id = self.uuid_of(value)
+        if image_id is None or self.results.format_of(image_id) is None:
+            image_id = await asyncio.to_thread(self.results.save, image)
+        return image, image_id
+
     def _stored(self, image_id: str, parameter: str) -> Image.Image:
         found = self.results.read(image_id)
         if found is None:

@@ -418,10 +418,7 @@ class RunwareService:
                 "lowThresholdCanny / highThresholdCanny only apply to the canny preprocessor",
                 "lowThresholdCanny",
             )
-        image = await self.inputs.load(req.inputImage, "inputImage")
-        input_id = self.inputs.uuid_of(req.inputImage)
-        if input_id is None or self.results.format_of(input_id) is None:
-            input_id = await asyncio.to_thread(self.results.save, image)
+        image, input_id = await self.inputs.load_kept(req.inputImage, "inputImage")
         job = PreprocessJob(
             image=image,
             preprocessor=code,

@@ -14,12 +14,9 @@ installed model of that utility; the name of an installed model picks that one.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-
-from PIL.Image import Image
 
 from pipelines.jobs import (
     BackgroundRemovalJob,
@@ -79,7 +76,7 @@ class UtilityTasks:
         fields = flatten(task)
         fields.setdefault("outputFormat", BACKGROUND_REMOVAL_FORMAT)
         req = wire.parse(wire.BackgroundRemoval, fields)
-        image, input_id = await self._input(req.inputImage, "inputImage")
+        image, input_id = await self.service.inputs.load_kept(req.inputImage, "inputImage")
         output = self.service.output_options(req)
         background = _background(req.rgba)
         if background is None and output["format"] in OPAQUE_FORMATS:
@@ -134,7 +131,7 @@ class UtilityTasks:
 
     async def upscale(self, task: dict[str, Any], caller: Caller) -> Items:
         req = wire.parse(wire.Upscale, flatten(task))
-        image, input_id = await self._input(req.inputImage, "inputImage")
+        image, input_id = await self.service.inputs.load_kept(req.inputImage, "inputImage")
         job = UpscaleJob(
             image=image,
             factor=req.upscaleFactor,
@@ -149,15 +146,6 @@ class UtilityTasks:
         return await self._run(req, job, caller, output, image_cost(width, height, 1), input_id)
 
     # --- shared ---
-
-    async def _input(self, value: str, parameter: str) -> tuple[Image, str | None]:
-        """The decoded input image, and its imageUUID when it is (or is now) stored."""
-        inputs, results = self.service.inputs, self.service.results
-        image = await inputs.load(value, parameter)
-        input_id = inputs.uuid_of(value)
-        if input_id is None or results.format_of(input_id) is None:
-            input_id = await asyncio.to_thread(results.save, image)
-        return image, input_id
 
     async def _run(
         self,
