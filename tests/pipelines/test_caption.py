@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from pipelines.utilities import UTILITIES, caption, translation
 from tests.engine_harness import run_jobs
 from tests.models.tiny_blip import save_tiny_blip
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 MAX_TOKENS = 8
 
 
@@ -41,15 +43,6 @@ def _images() -> list[Image.Image]:
         gradient,
         Image.new("RGBA", (32, 32), (0, 200, 0, 128)),
     ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """A tiny model gains nothing from threads; on a busy CPU they spin and wait (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

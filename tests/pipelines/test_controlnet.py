@@ -7,7 +7,6 @@ diffusers-key single file), the bundled configs, and the errors a client can cau
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -58,6 +57,8 @@ from tests.models.tiny_controlnet import (
     tiny_sd1_controlnet,
     tiny_sdxl_controlnet,
 )
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 SIZE = 64
 SD1, SDXL = "tiny", "tinyxl"
@@ -163,14 +164,6 @@ JOBS = {
     "after_errors": ONE,
     "xl": XL,
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_models_dir(root: Path) -> Path:

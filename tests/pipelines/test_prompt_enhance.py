@@ -6,7 +6,6 @@ and the module's sampling settings, after the same cut.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from pipelines.runners.common import Resources, RunContext
 from pipelines.utilities import prompt_enhance
 from tests.models.tiny_text_models import save_tiny_causal_lm
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 PROMPT = "a cat sitting on a roof"
 
 
@@ -34,15 +35,6 @@ class Steps:
 
     def __call__(self, done: int, total: int) -> None:
         self.calls.append((done, total))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads; on a shared CPU extra threads spin and wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

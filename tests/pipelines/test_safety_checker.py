@@ -5,7 +5,7 @@ called the way its pipelines call it, in one batched pass, without touching the 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from pipelines.runners.common import Resources
 from pipelines.utilities import safety
 from tests.models.tiny_safety_checker import save_tiny_safety_checker
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 
 def _flagged() -> Image.Image:
     """A picture with structure: diagonal stripes."""
@@ -39,15 +41,6 @@ def _others() -> list[Image.Image]:
         Image.new("RGB", (32, 50), "blue"),
         Image.new("RGBA", (32, 32), (255, 255, 255, 255)),
     ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """A tiny model gains nothing from threads; on a busy CPU they spin and wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ image must equal what diffusers draws after `load_ip_adapter(<models dir>, ...)`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,8 @@ from tests.models.tiny_ip_adapter import (
     tiny_image_encoder,
 )
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 SD1_ADAPTER, SDXL_ADAPTER = "tiny-ip-adapter_sd15", "tiny-ip-adapter_sdxl"
 # The SDXL adapter reads a wider embedding than the SD 1.x one: each finds its own encoder.
 ENCODERS = {"tiny-vit-h": 32, "tiny-vit-g": 48}  # clip_vision/<name> -> projection_dim
@@ -97,14 +98,6 @@ def pixels(result: JobResult | JobError) -> list[np.ndarray]:
 
 def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_checkpoints(root: Path, cache: Path) -> dict[str, DiffusionPipeline]:

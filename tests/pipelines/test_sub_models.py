@@ -46,6 +46,8 @@ from tests.engine_harness import run_jobs
 from tests.models import tiny
 from tests.models import tiny_submodels as sub
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 PROMPT, NEGATIVE = "a house by a lake", "blurry"
 TAGS = {"10_mystyle": {"mystyle": 10, "cat": 3, "house": 3}, "5_more": {"cat": 4}}
 # hypernetworks/<code>.pt -> how it is written (tiny SD 1.x: attention widths 32 and 64)
@@ -110,14 +112,6 @@ def draw(pipe: DiffusionPipeline, prompt: str = PROMPT, negative: str = NEGATIVE
         output_type="pil",
     )
     return np.asarray(out.images[0])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- the models directory ------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from the same folder with the module's settings.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -86,18 +85,12 @@ OTHER_PROMPTS = (
     ("hi", "छत पर एक बिल्ली"),
 )
 # Marian's tokenizer asks for sacremoses (punctuation normalising), which easel does without.
-pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses"),
+    pytest.mark.usefixtures("single_torch_thread"),
+]
 
 GERMAN = ("eine Katze auf dem Dach, Meisterwerk", "ein Hund im Park, Ölgemälde")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads; on a shared CPU extra threads spin and wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
