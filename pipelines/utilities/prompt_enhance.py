@@ -33,6 +33,7 @@ import torch
 from models.utility_models import Utility, UtilityModel
 from pipelines.jobs import ErrorCode, JobError, JobResult, PromptEnhanceJob
 from pipelines.runners.common import Resources, RunContext, StepReporter
+from pipelines.utilities.installed import load_text_model
 
 # Sampling: MagicPrompt's own demo samples with top-k 50; nucleus sampling and a repetition
 # penalty keep GPT-2 from looping on the same tags.
@@ -197,17 +198,12 @@ def seeded(seed: int, device: str) -> Iterator[None]:
 
 
 def _load(folder: Path, device: str, dtype: torch.dtype) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise JobError(
-            ErrorCode.MODEL_UNAVAILABLE,
-            f"the prompt-enhancing model in {folder} could not be loaded ({error}); reinstall it",
-        ) from error
-    return LoadedModel(model.to(device).eval(), tokenizer)
+    model, tokenizer = load_text_model(
+        folder, AutoModelForCausalLM, "prompt-enhancing model", device, dtype
+    )
+    return LoadedModel(model, tokenizer)
 
 
 def _resources(ctx: RunContext) -> Resources:

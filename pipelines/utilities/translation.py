@@ -29,7 +29,7 @@ from models.utility_models import (
 )
 from pipelines.jobs import ErrorCode, GenerationJob, JobError, Translation
 from pipelines.runners.common import Resources
-from pipelines.utilities.installed import installed_model
+from pipelines.utilities.installed import installed_model, load_text_model
 from pipelines.utilities.language import ENGLISH, detect_language, normalise_language
 
 ANY_LANGUAGE = "mul"  # an opus-mt source "language" that stands for any
@@ -247,17 +247,12 @@ def to_english(
 
 
 def _load(folder: Path, device: str, dtype: Any) -> LoadedTranslator:
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForSeq2SeqLM
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise JobError(
-            ErrorCode.MODEL_UNAVAILABLE,
-            f"the translation model in {folder} could not be loaded ({error}); reinstall it",
-        ) from error
-    return LoadedTranslator(model.to(device).eval(), tokenizer)
+    model, tokenizer = load_text_model(
+        folder, AutoModelForSeq2SeqLM, "translation model", device, dtype
+    )
+    return LoadedTranslator(model, tokenizer)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import sentencepiece
 import torch
@@ -95,6 +96,20 @@ def save_tiny_causal_lm(folder: Path) -> Path:
     return folder
 
 
+# The size of both tiny translation models (M2M100 and Marian share the BART layout).
+TINY_SEQ2SEQ: dict[str, Any] = {
+    "d_model": 16,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 32,
+    "decoder_ffn_dim": 32,
+    "max_position_embeddings": 128,
+    "init_std": INIT_STD,
+}
+
+
 def save_tiny_m2m100(folder: Path, *, list_language_tokens: bool = True) -> Path:
     """A random M2M100 (any of its 100 languages to any) with its real tokenizer files.
 
@@ -119,15 +134,7 @@ def save_tiny_m2m100(folder: Path, *, list_language_tokens: bool = True) -> Path
     languages = len(codes)
     config = M2M100Config(
         vocab_size=len(vocab) + languages + 8,  # + the language tokens and 8 made-up words
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=128,
-        init_std=INIT_STD,
+        **TINY_SEQ2SEQ,
         bos_token_id=0,
         pad_token_id=1,
         eos_token_id=2,
@@ -158,15 +165,7 @@ def save_tiny_marian(folder: Path, source: str, target: str) -> Path:
     pad = vocab["<pad>"]
     config = MarianConfig(
         vocab_size=len(vocab),
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=128,
-        init_std=INIT_STD,
+        **TINY_SEQ2SEQ,
         pad_token_id=pad,
         eos_token_id=0,
         decoder_start_token_id=pad,
