@@ -199,9 +199,16 @@ class RunwareService:
         follower = self.submit(record, job, encoding)
         return await self.deliver(req, record, caller, follower)
 
-    def output_options(self, req: wire.OutputOptions) -> dict[str, Any]:
+    @staticmethod
+    def output_options(req: wire.OutputOptions) -> dict[str, Any]:
         """The record's `output` params: result types, image format and quality, includeCost."""
-        return _output_options(req)
+        fmt = OUTPUT_FORMATS[req.outputFormat or DEFAULT_OUTPUT_FORMAT]
+        return {
+            "types": list(req.outputType or [DEFAULT_OUTPUT_TYPE]),
+            "format": fmt.value,
+            "quality": req.outputQuality or DEFAULT_OUTPUT_QUALITY,
+            "include_cost": bool(req.includeCost),
+        }
 
     def submit(self, record: TaskRecord, job: Job, encoding: Encoding) -> asyncio.Task[None]:
         """Store the record, queue the job; the tracker's follower (ends with the record)."""
@@ -427,7 +434,7 @@ class RunwareService:
             height=req.height,
             owner=caller.owner,
         )
-        output = _output_options(req)
+        output = self.output_options(req)
         record = TaskRecord(
             task_id=req.taskUUID,
             protocol=PROTOCOL,
@@ -509,16 +516,6 @@ class _Routed(RunwareError):
 
     def item(self, task_type: str | None, task_uuid: str | None) -> dict[str, Any]:
         return super().item(self.task_type, task_uuid)
-
-
-def _output_options(req: wire.OutputOptions) -> dict[str, Any]:
-    fmt = OUTPUT_FORMATS[req.outputFormat or DEFAULT_OUTPUT_FORMAT]
-    return {
-        "types": list(req.outputType or [DEFAULT_OUTPUT_TYPE]),
-        "format": fmt.value,
-        "quality": req.outputQuality or DEFAULT_OUTPUT_QUALITY,
-        "include_cost": bool(req.includeCost),
-    }
 
 
 def _preprocess_fields(task: dict[str, Any]) -> dict[str, Any]:
