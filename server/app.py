@@ -17,22 +17,26 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from pipelines.engine import Engine
-from pipelines.jobs import ErrorCode
+from server.access import Admission
+from server.body_limit import BodyLimit
 from server.dispatch import Backend, Dispatcher, local_backend
 from server.keys import KeyStore
+from server.openapi import install as install_openapi
 from server.outbound import Outbound, OutboundPolicy
 from server.picpik.router import picpik_router
 from server.picpik.serving import PicpikService
 from server.results import MEDIA_TYPES, RESULTS_ROUTE, ResultStore, is_image_id
+from server.runware.common import PROTOCOL as RUNWARE
 from server.runware.router import runware_router
 from server.runware.serving import RunwareService
 from server.runware.sessions import SessionRegistry
 from server.settings import Settings
-from server.taskstore import TaskStore, interrupt_unfinished
+from server.taskstore import TaskStore
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 600.0
+DELIVERY_DRAIN_S = 10.0  # at shutdown, webhooks / uploads under way may take this long
 
 
 @dataclass
@@ -68,37 +72,57 @@ def build_app(
     """The app over one engine; backend None: a single machine (local_backend)."""
     backend = backend or local_backend(settings, engine)
     store, results, dispatcher = backend.store, backend.results, backend.dispatcher
-    outbound = Outbound(OutboundPolicy.from_strings(settings.url_allow))
+    limits = settings.limits
+    outbound = Outbound(
+        OutboundPolicy.from_strings(settings.url_allow, max_bytes=limits.max_image_bytes)
+    )
     services = Services(settings, engine, store, results, dispatcher, keys or KeyStore(), outbound)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if not dispatcher.resumes_unfinished:
-            interrupted = interrupt_unfinished(
-                store,
-                ErrorCode.INTERRUPTED.value,
-                "the server restarted before the task finished: submit it again",
-            )
-            if interrupted:
-                log.warning("%d task(s) were interrupted by the last shutdown", len(interrupted))
+        # Tasks a crash or shutdown left unfinished run again (single server: the journal)
+        # or run on (cluster: the queues); a re-run's webhook / upload goes out as it ends.
+        dispatcher.on_recovered(RUNWARE, runware.resume_delivery)
         await dispatcher.start()
         sweeper = asyncio.get_running_loop().create_task(_sweep_forever(services))
         try:
             yield
         finally:
+            # uvicorn has stopped accepting and let in-flight requests end; the running batch
+            # may finish within the grace period, what still waits stays for the next start.
             sweeper.cancel()
             await dispatcher.stop()
+            await runware.drain(DELIVERY_DRAIN_S)
             await outbound.aclose()
             store.close()
 
     app = FastAPI(title="easel", version="0.1.0", lifespan=lifespan)
     app.state.services = services
-    picpik = PicpikService(engine, dispatcher, store, services.keys, settings.public_url)
+    admission = Admission(services.keys, store)  # one per app: both protocols share the buckets
+    picpik = PicpikService(
+        engine,
+        dispatcher,
+        store,
+        services.keys,
+        settings.public_url,
+        admission=admission,
+        limits=limits,
+    )
     app.include_router(picpik_router(picpik))
     runware = RunwareService(
-        engine, dispatcher, store, results, services.keys, outbound, settings.public_url
+        engine,
+        dispatcher,
+        store,
+        results,
+        services.keys,
+        outbound,
+        settings.public_url,
+        admission=admission,
+        limits=limits,
     )
     app.include_router(runware_router(runware, SessionRegistry()))
+    app.add_middleware(BodyLimit, max_body_bytes=limits.max_body_bytes)
+    install_openapi(app)  # the request bodies' schemas (server/openapi.py)
 
     @app.get(RESULTS_ROUTE + "/{file_name}", tags=["results"], response_model=None)
     async def result_image(file_name: str) -> Response:

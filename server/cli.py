@@ -17,16 +17,14 @@ from pipelines.engine import Engine, EngineConfig
 from pipelines.jobs import ModelInfo
 from server.cluster.config import ClusterConfig
 from server.keys import KeysFileError, KeyStore
+from server.keys_cli import add_keys_parser, default_keys_file, run_keys
+from server.limits_cli import add_limit_options, limits_from_args
 from server.outbound import parse_network
 from server.settings import Settings
 
 log = logging.getLogger("easel")
 
 _TRUE = {"1", "true", "yes", "on"}
-
-
-# Runware clients send images inline (base64 in a frame): allow frames as large as an image input.
-WS_MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -185,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--keys-file",
         type=Path,
         default=_env("KEYS_FILE"),
-        help="API keys; without it the server runs open (EASEL_KEYS_FILE)",
+        help="API keys, as `easel keys` writes them (EASEL_KEYS_FILE; default DATA_DIR/keys.json "
+        "if it exists; with neither the server runs open)",
     )
     serve.add_argument(
         "--public-url",
@@ -208,7 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a private/loopback network that image URLs, uploadEndpoint and webhookURL may "
         "reach; repeatable (EASEL_ALLOW_URL_NETS, comma-separated; default: public addresses only)",
     )
+    serve.add_argument(
+        "--shutdown-grace-s",
+        type=float,
+        default=float(_env("SHUTDOWN_GRACE_S", "30") or 30),
+        help="on SIGTERM, how long in-flight requests, then the running batch, may take to "
+        "finish; unfinished tasks run again at the next start (EASEL_SHUTDOWN_GRACE_S)",
+    )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), help="(EASEL_LOG_LEVEL)")
+    add_limit_options(serve)
 
     worker = commands.add_parser("worker", help="run a GPU worker of a cluster (needs --broker)")
     _add_storage_options(worker)
@@ -218,7 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list the model catalogue")
     _add_storage_options(models)
+    add_keys_parser(commands, _env("DATA_DIR", "easel-data") or "easel-data")
     return parser
+
+
+def _keys_file(args: argparse.Namespace) -> Path | None:
+    """--keys-file, else the data directory's keys.json when `easel keys` has made one."""
+    if getattr(args, "keys_file", None):
+        return Path(args.keys_file)
+    if not hasattr(args, "keys_file"):
+        return None
+    default = default_keys_file(args.data_dir)
+    return default if default.exists() else None
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -227,7 +245,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         port=getattr(args, "port", Settings.port),
         data_dir=args.data_dir,
         models_dir=Path(args.models_dir) if args.models_dir else None,
-        keys_file=Path(args.keys_file) if getattr(args, "keys_file", None) else None,
+        keys_file=_keys_file(args),
         public_url=getattr(args, "public_url", None) or None,
         insecure=getattr(args, "insecure", False),
         allow_pickle=args.allow_pickle,
@@ -240,6 +258,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         url_allow=_url_networks(args) if hasattr(args, "allow_url_net") else (),
         retention_hours=args.retention_hours,
         broker_url=args.broker or None,
+        limits=limits_from_args(args),
+        shutdown_grace_s=getattr(args, "shutdown_grace_s", Settings.shutdown_grace_s),
     )
 
 
@@ -290,7 +310,7 @@ def serve(args: argparse.Namespace) -> int:
     except KeysFileError as error:
         log.error("%s", error)
         return 2
-    if keys.empty and not settings.is_loopback and not settings.insecure:
+    if keys.open and not settings.is_loopback and not settings.insecure:
         log.error(
             "refusing to serve on %s without API keys: pass --keys-file, bind to 127.0.0.1, "
             "or accept an open server with --insecure",
@@ -314,7 +334,10 @@ def serve(args: argparse.Namespace) -> int:
         log.info("cluster API replica: jobs go to the workers of %s", settings.broker_url)
     else:
         log.info("devices: %s", ", ".join(engine.devices))
-    log.info("authentication: %s", "off (open server)" if keys.empty else "API keys required")
+    log.info(
+        "authentication: %s",
+        "off (open server)" if keys.open else f"API keys required ({settings.keys_file})",
+    )
     log.info("listening on http://%s:%d", settings.host, settings.port)
     app = build_app(settings, engine, keys, backend)
     uvicorn.run(
@@ -322,8 +345,12 @@ def serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=args.log_level.lower(),
-        ws_max_size=WS_MAX_FRAME_BYTES,
+        # Frames up to the hard cap are read and refused with payloadTooLarge when over the
+        # limit; a larger one closes the socket with 1009 (server/runware/throttle.py).
+        ws_max_size=settings.limits.ws_hard_cap_bytes,
         ws_ping_interval=None,  # Runware clients ping at the protocol level
+        # SIGTERM: stop accepting, close sockets (1012), let in-flight requests end within this
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     return 0
 
@@ -368,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    handlers = {"serve": serve, "worker": run_worker, "models": list_models}
+    handlers = {"serve": serve, "worker": run_worker, "models": list_models, "keys": run_keys}
     return handlers[args.command](args)
 
 

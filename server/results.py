@@ -5,6 +5,11 @@ is not one is refused before it touches storage, so no id can name a path outsid
 folder. The stored format is PNG by default (Runware clients may ask for JPEG or WEBP), and the
 URL carries it as the extension.
 
+Each image remembers the key that made or uploaded it (its owner): an imageUUID used as an input
+resolves only for that key, so one client cannot feed on another's uploads or results by id.
+The result URL itself is a capability, as on the hosted services: whoever holds the URL (a
+122-bit random id) can fetch it, which is what clients that download results need.
+
 Two stores share one interface (ResultStore): files in the data directory for a single server
 (FileResultStore), and Redis when API replicas and GPU workers run on many machines
 (server.cluster.redis_results.RedisResultStore).
@@ -78,13 +83,15 @@ def new_image_id() -> str:
 class ResultStore(Protocol):
     """Where result and uploaded images live; every method may block (call off the loop)."""
 
-    def save(self, image: Image, encoding: Encoding = PNG) -> str: ...  # its new id
+    def save(self, image: Image, encoding: Encoding = PNG, owner: str = "") -> str: ...  # new id
 
-    def save_bytes(self, data: bytes, image_format: ImageFormat) -> str: ...
+    def save_bytes(self, data: bytes, image_format: ImageFormat, owner: str = "") -> str: ...
 
     def read(self, image_id: str) -> tuple[bytes, ImageFormat] | None: ...
 
     def format_of(self, image_id: str) -> ImageFormat | None: ...  # None: no such image
+
+    def owner_of(self, image_id: str) -> str | None: ...  # None: no such image
 
     def delete(self, image_id: str) -> None: ...
 
@@ -94,16 +101,21 @@ class FileResultStore:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def save(self, image: Image, encoding: Encoding = PNG) -> str:
+    def save(self, image: Image, encoding: Encoding = PNG, owner: str = "") -> str:
         """Encode and write one image (call off the event loop); its new id."""
-        return self.save_bytes(encode(image, encoding), encoding.format)
+        return self.save_bytes(encode(image, encoding), encoding.format, owner)
 
-    def save_bytes(self, data: bytes, image_format: ImageFormat) -> str:
+    def save_bytes(self, data: bytes, image_format: ImageFormat, owner: str = "") -> str:
         image_id = new_image_id()
+        if owner:  # first, so the image is never visible without its owner
+            self._owner_path(image_id).write_text(owner)
         tmp = self.root / f".{image_id}.tmp"
         tmp.write_bytes(data)
         tmp.replace(self.root / f"{image_id}.{image_format.value}")
         return image_id
+
+    def _owner_path(self, image_id: str) -> Path:
+        return self.root / f"{image_id}.owner"
 
     def path(self, image_id: str) -> Path | None:
         if not _IMAGE_ID.match(image_id):
@@ -127,10 +139,19 @@ class FileResultStore:
         path = self.path(image_id)
         return None if path is None else ImageFormat(path.suffix[1:])
 
+    def owner_of(self, image_id: str) -> str | None:
+        if self.path(image_id) is None:
+            return None
+        try:
+            return self._owner_path(image_id).read_text()
+        except FileNotFoundError:  # made by the open server (owner "")
+            return ""
+
     def delete(self, image_id: str) -> None:
         if _IMAGE_ID.match(image_id):
             for image_format in ImageFormat:
                 (self.root / f"{image_id}.{image_format.value}").unlink(missing_ok=True)
+            self._owner_path(image_id).unlink(missing_ok=True)
 
 
 def image_url(base_url: str, image_id: str, image_format: ImageFormat = ImageFormat.PNG) -> str:

@@ -78,7 +78,9 @@ class TaskTracker:
             self.store.fail(task_id, error.code.value, error.message)
             return
         try:
-            image_ids = await asyncio.to_thread(self._save, result.images, encoding)
+            image_ids = await asyncio.to_thread(
+                self._save, result.images, encoding, handle.job.owner
+            )
         except OSError as error:
             log.exception("task %s: cannot write its images", task_id)
             self.store.fail(task_id, ErrorCode.INTERNAL.value, f"cannot store images: {error}")
@@ -94,10 +96,10 @@ class TaskTracker:
         for image_id in image_ids:
             self.results.delete(image_id)
 
-    def _save(self, images: tuple[Image, ...], encoding: Encoding) -> list[str]:
+    def _save(self, images: tuple[Image, ...], encoding: Encoding, owner: str) -> list[str]:
         timing = self.stats.overhead("encode_store") if self.stats else contextlib.nullcontext()
         with timing:
-            return [self.results.save(image, encoding) for image in images]
+            return [self.results.save(image, encoding, owner) for image in images]
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Let followers write what their jobs produced (at shutdown, after the engine stops)."""

@@ -1,9 +1,10 @@
 """Result images in Redis, so any API replica serves what any GPU worker produced.
 
-One hash per image, ``{ns}:image:{image_id}`` with fields ``data`` (the file bytes) and
-``format`` (an ImageFormat value): one key means the bytes and their format are written and
-expire together (the TTL is the retention time), and read() is a single HMGET. Ids that are not
-image ids are refused before Redis is asked, like FileResultStore refuses them before the disk.
+One hash per image, ``{ns}:image:{image_id}`` with fields ``data`` (the file bytes),
+``format`` (an ImageFormat value) and ``owner`` (the key that made it): one key means the bytes
+and their format are written and expire together (the TTL is the retention time), and read()
+is a single HMGET. Ids that are not image ids are refused before Redis is asked, like
+FileResultStore refuses them before the disk.
 The client must return bytes (redis-py's default).
 """
 
@@ -25,15 +26,16 @@ class RedisResultStore:
     def key(self, image_id: str) -> str:
         return f"{self._namespace}:image:{image_id}"
 
-    def save(self, image: Image, encoding: Encoding = PNG) -> str:
+    def save(self, image: Image, encoding: Encoding = PNG, owner: str = "") -> str:
         """Encode and store one image (call off the event loop); its new id."""
-        return self.save_bytes(encode(image, encoding), encoding.format)
+        return self.save_bytes(encode(image, encoding), encoding.format, owner)
 
-    def save_bytes(self, data: bytes, image_format: ImageFormat) -> str:
+    def save_bytes(self, data: bytes, image_format: ImageFormat, owner: str = "") -> str:
         image_id = new_image_id()
+        fields = {"data": data, "format": image_format.value, "owner": owner}
         # MULTI/EXEC: no reader ever sees the image without its expiry.
         with self._client.pipeline(transaction=True) as pipe:
-            pipe.hset(self.key(image_id), mapping={"data": data, "format": image_format.value})
+            pipe.hset(self.key(image_id), mapping=fields)
             pipe.pexpire(self.key(image_id), self._ttl_ms)
             pipe.execute()
         return image_id
@@ -51,6 +53,14 @@ class RedisResultStore:
             return None
         image_format = self._client.hget(self.key(image_id), "format")
         return None if image_format is None else ImageFormat(image_format.decode())
+
+    def owner_of(self, image_id: str) -> str | None:
+        if not is_image_id(image_id):
+            return None
+        image_format, owner = self._client.hmget(self.key(image_id), ["format", "owner"])
+        if image_format is None:
+            return None
+        return owner.decode() if owner is not None else ""
 
     def delete(self, image_id: str) -> None:
         if is_image_id(image_id):

@@ -28,6 +28,9 @@ class RetCode(IntEnum):
     TASK_NOT_FOUND = 10040
     TASK_ALREADY_ENDED = 10041
     SERVER_BUSY = 10050
+    RATE_LIMITED = 10051  # the key submits tasks faster than its rate allows: retry later
+    TOO_MANY_TASKS = 10052  # the key has as many tasks queued or running as it may
+    REQUEST_TOO_LARGE = 10004  # the body is larger than the server's limit (--max-body-mb)
 
 
 class TaskErrorCode(IntEnum):

@@ -14,8 +14,10 @@ from typing import Any
 
 from pipelines.engine import Engine
 from pipelines.jobs import Job, JobError, ModelInfo
+from server.access import Admission, QuotaExceeded, QuotaKind
 from server.dispatch import Dispatcher
 from server.keys import KeyStore
+from server.limits import Limits
 from server.picpik import protocol as wire
 from server.picpik.common import (
     DEFAULT_CFG_SCALE,
@@ -56,6 +58,22 @@ NOT_YET_SERVED = frozenset(
     }
 )
 
+# Actions that queue no work: they are not counted against a key's task rate.
+UNMETERED_ACTIONS = frozenset(
+    {
+        "ListControlNets",
+        "ListTasksDetails",
+        "ListRunningTasks",
+        "TerminateTask",
+        "ListModels",
+        "GetCreditBalance",
+    }
+)
+QUOTA_RET_CODES: dict[QuotaKind, RetCode] = {
+    QuotaKind.RATE: RetCode.RATE_LIMITED,
+    QuotaKind.CONCURRENCY: RetCode.TOO_MANY_TASKS,
+}
+
 UNLIMITED_CREDITS = 2147483647  # a local server has no credit limit
 DEFAULT_PREPROCESSOR_RESOLUTION = 512
 
@@ -72,14 +90,18 @@ class PicpikService:
         store: TaskStore,
         keys: KeyStore,
         public_url: str | None = None,
+        admission: Admission | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.engine = engine  # the model catalogue: listings and request validation
         self.dispatcher = dispatcher
         self.store = store
         self.keys = keys
         self.public_url = public_url
-        generation = GenerationActions(engine, self._submit)
-        utilities = UtilityActions(self._submit)
+        self.admission = admission or Admission(keys, store)
+        self.limits = limits or Limits()
+        generation = GenerationActions(engine, self._submit, self.limits)
+        utilities = UtilityActions(self._submit, self.limits)
         self.handlers: dict[str, Handler] = {
             "GenerateImages": generation.generate_images,
             "ModifyMaskedPixels": generation.modify_masked_pixels,
@@ -113,6 +135,8 @@ class PicpikService:
                         f"the action {action} is not supported by this server yet",
                     )
                 raise PicpikError(RetCode.UNKNOWN_ACTION, f"unknown action {action!r}")
+            if action not in UNMETERED_ACTIONS:
+                self._admit(caller)
             payload = await handler(body, caller)
             return {
                 "RetCode": 0,
@@ -153,19 +177,26 @@ class PicpikService:
 
     def _authenticate(self, body: dict[str, Any]) -> str:
         """The owner of the request; PicpikError unless its signature checks out."""
-        if self.keys.empty:
+        if self.keys.open:
             return ""
         public_key = body.get("PublicKey")
         if not isinstance(public_key, str) or not public_key:
             raise PicpikError(RetCode.AUTH_MISSING, "PublicKey is required")
         if not isinstance(body.get("Signature"), str) or not body["Signature"]:
             raise PicpikError(RetCode.AUTH_MISSING, "Signature is required")
-        private_key = self.keys.picpik_private_key(public_key)
-        if private_key is None:
+        key = self.keys.picpik_key(public_key)
+        if key is None:
             raise PicpikError(RetCode.AUTH_UNKNOWN_KEY, "unknown PublicKey")
-        if not verify(body, private_key):
+        if not verify(body, key.private_key):
             raise PicpikError(RetCode.AUTH_BAD_SIGNATURE, "the Signature does not match")
-        return public_key
+        return key.owner
+
+    def _admit(self, caller: Caller) -> None:
+        """PicpikError unless the caller's key may queue one more task now."""
+        try:
+            self.admission.admit(caller.owner)
+        except QuotaExceeded as error:
+            raise PicpikError(QUOTA_RET_CODES[error.kind], error.message) from None
 
     # --- generation ---
 

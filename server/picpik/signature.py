@@ -42,4 +42,6 @@ def verify(request: dict[str, Any], private_key: str) -> bool:
     given = request.get("Signature")
     if not isinstance(given, str):
         return False
-    return hmac.compare_digest(sign(request, private_key), given.lower())
+    # Bytes, not str: compare_digest refuses non-ASCII strings (a client may send any text).
+    expected = sign(request, private_key).encode()
+    return hmac.compare_digest(expected, given.lower().encode("utf-8", "replace"))

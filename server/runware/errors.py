@@ -27,11 +27,15 @@ class Code(StrEnum):
     MODEL_UNAVAILABLE = "modelUnavailable"  # installed but its weights cannot be loaded
     TASK_NOT_FOUND = "taskNotFound"  # getResponse for a taskUUID this key never sent
     SERVER_BUSY = "serverBusy"  # the queue is full: retry later
+    RATE_LIMITED = "rateLimitExceeded"  # the key submits tasks faster than its rate allows
+    TOO_MANY_TASKS = "concurrentTaskLimitExceeded"  # the key has all the tasks it may have running
     OUT_OF_MEMORY = "outOfMemory"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"  # the server stopped before the task finished
     DELIVERY_FAILED = "deliveryFailed"  # uploadEndpoint refused the image
     INTERNAL_ERROR = "internalError"
+    PAYLOAD_TOO_LARGE = "payloadTooLarge"  # a body or WebSocket message over the server's limit
+    TOO_MANY_MESSAGES = "tooManyMessages"  # the socket sends faster than its message rate
 
 
 # The engine's reasons -> Runware codes.

@@ -29,6 +29,7 @@ from pipelines.jobs import (
     SubModel,
     SubModelKind,
 )
+from server.limits import Limits
 from server.runware import protocol as wire
 from server.runware.errors import Code, RunwareError
 from server.runware.inputs import ImageInputs
@@ -64,6 +65,23 @@ def image_cost(width: int, height: int, steps: int) -> float:
     return round(width * height / 1_000_000 * steps * COST_PER_MEGAPIXEL_STEP, 10)
 
 
+def check_prompt(limits: Limits, text: str | None, parameter: str) -> None:
+    """A prompt field within max_prompt_chars; invalidParameter naming it otherwise."""
+    problem = None if text is None else limits.prompt_problem(text)
+    if problem is not None:
+        raise RunwareError(Code.INVALID_PARAMETER, f"{parameter} {problem}", parameter)
+
+
+def check_pixels(
+    limits: Limits, size: tuple[int, int], images: int, fields: str, parameter: str
+) -> None:
+    """width x height x images within max_request_pixels; invalidParameter naming `fields`
+    (the message) and `parameter` (the field to lower) otherwise."""
+    problem = limits.pixels_problem(*size, images)
+    if problem is not None:
+        raise RunwareError(Code.INVALID_PARAMETER, f"{fields}: {problem}", parameter)
+
+
 @dataclass(frozen=True)
 class BuiltJob:
     job: GenerationJob
@@ -71,16 +89,23 @@ class BuiltJob:
 
 
 class InferenceBuilder:
-    def __init__(self, engine: Engine, inputs: ImageInputs) -> None:
+    def __init__(self, engine: Engine, inputs: ImageInputs, limits: Limits | None = None) -> None:
         self.engine = engine
         self.inputs = inputs
+        self.limits = limits or Limits()
 
     async def build(self, req: wire.ImageInference, owner: str) -> BuiltJob:
+        check_prompt(self.limits, req.positivePrompt, "positivePrompt")
+        check_prompt(self.limits, req.negativePrompt, "negativePrompt")
         checkpoint = self._resolve(req.model, "checkpoint", "model")
         kind = self._kind(req)
-        seed_image = await self._image(req.seedImage, "seedImage")
-        mask = await self._image(req.maskImage, "maskImage")
+        seed_image = await self._image(req.seedImage, "seedImage", owner)
+        mask = await self._image(req.maskImage, "maskImage", owner)
         width, height = self._size(req, seed_image)
+        # The field to lower: numberResults when there are several, else the size.
+        parameter = "numberResults" if req.numberResults > 1 else "width"
+        fields = "width x height x numberResults"
+        check_pixels(self.limits, (width, height), req.numberResults, fields, parameter)
         steps = req.steps or checkpoint.default_steps or DEFAULT_STEPS
         guidance = (
             req.CFGScale
@@ -89,11 +114,11 @@ class InferenceBuilder:
         )
         controls = await asyncio.gather(
             *(
-                self._control(unit, i, steps, checkpoint)
+                self._control(unit, i, steps, checkpoint, owner)
                 for i, unit in enumerate(req.controlNet or [])
             )
         )
-        style = await self._style(req.ipAdapters or [])
+        style = await self._style(req.ipAdapters or [], owner)
         job = GenerationJob(
             kind=kind,
             model=checkpoint.code,
@@ -144,8 +169,8 @@ class InferenceBuilder:
                 parameter,
             ) from None
 
-    async def _image(self, value: str | None, parameter: str) -> Image | None:
-        return None if value is None else await self.inputs.load(value, parameter)
+    async def _image(self, value: str | None, parameter: str, owner: str) -> Image | None:
+        return None if value is None else await self.inputs.load(value, parameter, owner)
 
     @staticmethod
     def _kind(req: wire.ImageInference) -> JobKind:
@@ -217,11 +242,16 @@ class InferenceBuilder:
         return tuple(subs)
 
     async def _control(
-        self, unit: wire.ControlNetItem, index: int, steps: int, checkpoint: ModelInfo
+        self,
+        unit: wire.ControlNetItem,
+        index: int,
+        steps: int,
+        checkpoint: ModelInfo,
+        owner: str,
     ) -> ControlUnit:
         where = f"controlNet[{index}]"
         model = self._controlnet(unit.model, checkpoint, f"{where}.model")
-        image = await self.inputs.load(unit.guideImage, f"{where}.guideImage")
+        image = await self.inputs.load(unit.guideImage, f"{where}.guideImage", owner)
         start = _fraction(unit.startStep, unit.startStepPercentage, steps, 0.0, f"{where}.start")
         end = _fraction(unit.endStep, unit.endStepPercentage, steps, 1.0, f"{where}.end")
         if end <= start:
@@ -258,12 +288,12 @@ class InferenceBuilder:
                     return found[0]
         return self._resolve(identifier, "controlnet", parameter)
 
-    async def _style(self, adapters: list[wire.IpAdapterItem]) -> StyleReference | None:
+    async def _style(self, adapters: list[wire.IpAdapterItem], owner: str) -> StyleReference | None:
         if not adapters:
             return None
         item = adapters[0]
         adapter = self._resolve(item.model, "ip_adapter", "ipAdapters[0].model")
-        image = await self.inputs.load(item.guideImage, "ipAdapters[0].guideImage")
+        image = await self.inputs.load(item.guideImage, "ipAdapters[0].guideImage", owner)
         return StyleReference(image=image, strength=item.weight, adapter=adapter.code)
 
     def _refiner(self, item: wire.RefinerItem | None, steps: int) -> Refiner | None:

@@ -11,14 +11,17 @@ import asyncio
 import base64
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pipelines.engine import Engine
 from pipelines.jobs import Job, JobError, ModelInfo, PreprocessJob
+from server.access import Admission, QuotaExceeded, QuotaKind
 from server.dispatch import Dispatcher
 from server.keys import KeyStore
+from server.limits import Limits
 from server.outbound import Outbound, OutboundError
-from server.results import MEDIA_TYPES, Encoding, ImageFormat, ResultStore, image_url
+from server.results import MEDIA_TYPES, PNG, Encoding, ImageFormat, ResultStore, image_url
 from server.runware import protocol as wire
 from server.runware.common import (
     OPENPOSE_WITH_HANDS_AND_FACE,
@@ -88,6 +91,14 @@ ARCHITECTURES: dict[str, str] = {
 }
 # The task store keeps engine error codes; a failed upload is the front end's own.
 DELIVERY_FAILED = "delivery_failed"
+# Tasks that queue no work: they are not counted against a key's task rate.
+UNMETERED_TASKS = frozenset({"getResponse", "modelSearch"})
+QUOTA_CODES: dict[QuotaKind, Code] = {
+    QuotaKind.RATE: Code.RATE_LIMITED,
+    QuotaKind.CONCURRENCY: Code.TOO_MANY_TASKS,
+}
+# includeCost figures are dollars; a key's usage counter keeps whole micro-dollars.
+MICRO_DOLLARS = 1_000_000
 
 
 class RunwareService:
@@ -100,6 +111,8 @@ class RunwareService:
         keys: KeyStore,
         outbound: Outbound,
         public_url: str | None = None,
+        admission: Admission | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.engine = engine  # the model catalogue: listings and request validation
         self.dispatcher = dispatcher
@@ -108,8 +121,10 @@ class RunwareService:
         self.keys = keys
         self.outbound = outbound
         self.public_url = public_url
-        self.inputs = ImageInputs(results, outbound)
-        self.builder = InferenceBuilder(engine, self.inputs)
+        self.admission = admission or Admission(keys, store)
+        self.limits = limits or Limits()
+        self.inputs = ImageInputs(results, outbound, self.limits)
+        self.builder = InferenceBuilder(engine, self.inputs, self.limits)
         self._background: set[asyncio.Task[None]] = set()
         self.utilities = UtilityTasks(self)
         self.handlers: dict[str, TaskHandler] = {
@@ -127,14 +142,21 @@ class RunwareService:
     def authenticate(self, api_key: Any) -> str:
         """The owner id of an API key; RunwareError invalidApiKey otherwise. With no keys
         configured the server runs open and any key (or none) is accepted."""
-        if self.keys.empty:
+        if self.keys.open:
             return ""
         if not isinstance(api_key, str) or not api_key:
             raise RunwareError(Code.MISSING_API_KEY, "an apiKey is required", "apiKey")
-        owner = self.keys.runware_owner(api_key)
-        if owner is None:
+        key = self.keys.runware_key(api_key)
+        if key is None:
             raise RunwareError(Code.INVALID_API_KEY, "Invalid API key", "apiKey")
-        return owner
+        return key.owner
+
+    def admit(self, caller: Caller) -> None:
+        """RunwareError unless the caller's key may queue one more task now."""
+        try:
+            self.admission.admit(caller.owner)
+        except QuotaExceeded as error:
+            raise RunwareError(QUOTA_CODES[error.kind], error.message) from None
 
     def caller(self, owner: str, base_url: str) -> Caller:
         return Caller(owner, self.public_url or base_url)
@@ -167,6 +189,8 @@ class RunwareService:
                 )
             if task_uuid is None:
                 raise RunwareError(Code.MISSING_PARAMETER, "missing taskUUID", "taskUUID")
+            if task_type not in UNMETERED_TASKS:
+                self.admit(caller)
             return Reply(data=await handler(task, caller))
         except RunwareError as error:
             return Reply(errors=[error.item(task_type, task_uuid)])
@@ -196,7 +220,7 @@ class RunwareService:
             },
         )
         encoding = Encoding(ImageFormat(output["format"]), output["quality"])
-        follower = self.submit(record, job, encoding)
+        follower = self.submit(record, job, encoding, self.delivery(req, caller))
         return await self.deliver(req, record, caller, follower)
 
     @staticmethod
@@ -210,14 +234,23 @@ class RunwareService:
             "include_cost": bool(req.includeCost),
         }
 
-    def submit(self, record: TaskRecord, job: Job, encoding: Encoding) -> asyncio.Task[None]:
+    def submit(
+        self,
+        record: TaskRecord,
+        job: Job,
+        encoding: Encoding,
+        delivery: dict[str, Any] | None = None,
+    ) -> asyncio.Task[None]:
         """Store the record, queue the job; the tracker's follower (ends with the record)."""
         self._create(record)
         try:
-            return self.dispatcher.submit(record.task_id, job, encoding)
+            follower = self.dispatcher.submit(record.task_id, job, encoding, delivery)
         except JobError as error:
             self.store.delete(record.task_id)
             raise RunwareError.from_engine(error.code.value, error.message) from None
+        cost = record.params.get("output", {}).get("cost", 0.0)
+        self.store.add_usage(record.owner, round(cost * MICRO_DOLLARS))
+        return follower
 
     async def deliver(
         self, req: DeliveredTask, record: TaskRecord, caller: Caller, follower: Awaitable[None]
@@ -228,6 +261,41 @@ class RunwareService:
             self._in_background(self._finish(record.task_id, caller, req, follower))
             return [{"taskType": req.taskType, "taskUUID": req.taskUUID, "status": "processing"}]
         return await self._finish(record.task_id, caller, req, follower)
+
+    @staticmethod
+    def delivery(req: DeliveredTask, caller: Caller) -> dict[str, Any] | None:
+        """What resume_delivery needs to upload / post a task's result after a restart (the
+        dispatcher keeps it with the job); None when the result only goes back in the reply."""
+        if not (req.uploadEndpoint or req.webhookURL):
+            return None
+        return {
+            "protocol": PROTOCOL,
+            "taskType": req.taskType,
+            "taskUUID": req.taskUUID,
+            "uploadEndpoint": req.uploadEndpoint,
+            "webhookURL": req.webhookURL,
+            "owner": caller.owner,
+            "base_url": caller.base_url,
+        }
+
+    def resume_delivery(
+        self, task_id: str, delivery: dict[str, Any], follower: Awaitable[None]
+    ) -> None:
+        """Upload / post the result of a task the server runs again after a restart."""
+        req = _Delivery(
+            taskType=str(delivery["taskType"]),
+            taskUUID=task_id,
+            uploadEndpoint=delivery.get("uploadEndpoint"),
+            deliveryMethod="async",
+            webhookURL=delivery.get("webhookURL"),
+        )
+        caller = Caller(str(delivery["owner"]), str(delivery["base_url"]))
+        self._in_background(self._finish(task_id, caller, req, follower))
+
+    async def drain(self, timeout: float) -> None:
+        """Let deliveries under way finish (at shutdown, before the outbound client closes)."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout)
 
     async def _finish(
         self,
@@ -366,9 +434,9 @@ class RunwareService:
     async def image_upload(self, task: dict[str, Any], caller: Caller) -> list[dict[str, Any]]:
         req = wire.parse(wire.ImageUpload, task)
         image_id = self.inputs.uuid_of(req.image)
-        if image_id is None or self.results.format_of(image_id) is None:
-            image = await self.inputs.load(req.image, "image")
-            image_id = await asyncio.to_thread(self.results.save, image)
+        if image_id is None or not self.inputs.owns(image_id, caller.owner):
+            image = await self.inputs.load(req.image, "image", caller.owner)
+            image_id = await asyncio.to_thread(self.results.save, image, PNG, caller.owner)
         self._record_finished(req.taskUUID, req.taskType, caller, [image_id])
         fmt = self.results.format_of(image_id) or ImageFormat.PNG
         return [
@@ -425,7 +493,7 @@ class RunwareService:
                 "lowThresholdCanny / highThresholdCanny only apply to the canny preprocessor",
                 "lowThresholdCanny",
             )
-        image, input_id = await self.inputs.load_kept(req.inputImage, "inputImage")
+        image, input_id = await self.inputs.load_kept(req.inputImage, "inputImage", caller.owner)
         job = PreprocessJob(
             image=image,
             preprocessor=code,
@@ -505,6 +573,17 @@ class RunwareService:
                 ],
             }
         ]
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    """A DeliveredTask rebuilt from a journaled delivery (server.dispatch)."""
+
+    taskType: str
+    taskUUID: str
+    uploadEndpoint: str | None
+    deliveryMethod: str | None
+    webhookURL: str | None
 
 
 class _Routed(RunwareError):

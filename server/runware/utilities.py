@@ -29,7 +29,7 @@ from server.results import Encoding, ImageFormat
 from server.runware import protocol as wire
 from server.runware.common import Caller
 from server.runware.errors import Code, RunwareError
-from server.runware.inference import image_cost
+from server.runware.inference import check_pixels, check_prompt, image_cost
 from server.summary import job_summary
 from server.taskstore import TaskRecord
 
@@ -76,7 +76,9 @@ class UtilityTasks:
         fields = flatten(task)
         fields.setdefault("outputFormat", BACKGROUND_REMOVAL_FORMAT)
         req = wire.parse(wire.BackgroundRemoval, fields)
-        image, input_id = await self.service.inputs.load_kept(req.inputImage, "inputImage")
+        image, input_id = await self.service.inputs.load_kept(
+            req.inputImage, "inputImage", caller.owner
+        )
         output = self.service.output_options(req)
         background = _background(req.rgba)
         if background is None and output["format"] in OPAQUE_FORMATS:
@@ -98,12 +100,13 @@ class UtilityTasks:
 
     async def caption(self, task: dict[str, Any], caller: Caller) -> Items:
         req = wire.parse(wire.Caption, flatten(task))
+        check_prompt(self.service.limits, req.prompt, "prompt")
         sources = req.inputImages or ([req.inputImage] if req.inputImage else [])
         if not sources:
             raise _missing("inputImage")
         images = [
             await self.service.inputs.load(
-                source, f"inputImages[{i}]" if req.inputImages else "inputImage"
+                source, f"inputImages[{i}]" if req.inputImages else "inputImage", caller.owner
             )
             for i, source in enumerate(sources)
         ]
@@ -119,6 +122,7 @@ class UtilityTasks:
 
     async def prompt_enhance(self, task: dict[str, Any], caller: Caller) -> Items:
         req = wire.parse(wire.PromptEnhance, flatten(task))
+        check_prompt(self.service.limits, req.prompt, "prompt")
         job = PromptEnhanceJob(
             prompt=req.prompt,
             versions=req.promptVersions,
@@ -131,7 +135,9 @@ class UtilityTasks:
 
     async def upscale(self, task: dict[str, Any], caller: Caller) -> Items:
         req = wire.parse(wire.Upscale, flatten(task))
-        image, input_id = await self.service.inputs.load_kept(req.inputImage, "inputImage")
+        image, input_id = await self.service.inputs.load_kept(
+            req.inputImage, "inputImage", caller.owner
+        )
         job = UpscaleJob(
             image=image,
             factor=req.upscaleFactor,
@@ -143,6 +149,8 @@ class UtilityTasks:
             round(image.width * req.upscaleFactor),
             round(image.height * req.upscaleFactor),
         )
+        fields = "inputImage x upscaleFactor"
+        check_pixels(self.service.limits, (width, height), 1, fields, "upscaleFactor")
         return await self._run(req, job, caller, output, image_cost(width, height, 1), input_id)
 
     # --- shared ---
@@ -171,7 +179,8 @@ class UtilityTasks:
         encoding = None
         if "format" in output:
             encoding = Encoding(ImageFormat(output["format"]), output["quality"])
-        follower = self.service.submit(record, job, encoding or Encoding(ImageFormat.PNG))
+        delivery = self.service.delivery(req, caller)
+        follower = self.service.submit(record, job, encoding or Encoding(ImageFormat.PNG), delivery)
         return await self.service.deliver(req, record, caller, follower)
 
     # --- result items ---

@@ -85,7 +85,7 @@ def test_full_queue_answers_busy_at_once_and_keeps_queued_work(make_client) -> N
 def test_tasks_of_another_key_are_invisible(make_client) -> None:
     from server.keys import KeyStore
 
-    keys = KeyStore(picpik={"alice": "alice-secret", "bob": "bob-secret"})
+    keys = KeyStore.of(picpik={"alice": "alice-secret", "bob": "bob-secret"})
     http = make_client(keys=keys)
     alice = PicpikClient(http, public_key="alice", private_key="alice-secret")
     bob = PicpikClient(http, public_key="bob", private_key="bob-secret")
@@ -101,7 +101,7 @@ def test_tasks_of_another_key_are_invisible(make_client) -> None:
 def test_signatures_are_checked_when_keys_are_configured(make_client) -> None:
     from server.keys import KeyStore
 
-    http = make_client(keys=KeyStore(picpik={"abcdefg": "123456"}))
+    http = make_client(keys=KeyStore.of(picpik={"abcdefg": "123456"}))
     good = PicpikClient(http, public_key="abcdefg", private_key="123456")
     assert good.call("ListModels")["RetCode"] == 0
     cases = [

@@ -327,7 +327,7 @@ def test_model_search(make_client) -> None:
 # --- authentication and sessions ---
 
 
-KEYS = KeyStore(runware=frozenset({"good-key"}))
+KEYS = KeyStore.of(runware={"good-key"})
 
 
 def test_rest_authentication(make_client) -> None:
@@ -383,7 +383,7 @@ def test_results_wait_for_a_resumed_session(make_client) -> None:
         items = receive_for(socket, inference["taskUUID"], 2)
         assert all(item["status"] == "success" for item in items)
     # Another key cannot take the session over.
-    other = make_client(keys=KeyStore(runware=frozenset({"good-key", "other"})))
+    other = make_client(keys=KeyStore.of(runware={"good-key", "other"}))
     with other.websocket_connect("/v1") as socket:
         socket.send_json(
             [{"taskType": "authentication", "apiKey": "other", "connectionSessionUUID": session}]
