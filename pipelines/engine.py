@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -66,6 +67,7 @@ class EngineConfig:
 
 COMPILE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 HANDBACK_THREADS = 2  # PIL conversion of finished images, off the GPU threads
+STOP_JOIN_S = 30.0  # how long a stopping worker may take to notice its jobs were cancelled
 
 
 def model_info(spec: ModelSpec) -> ModelInfo:
@@ -169,17 +171,29 @@ class Engine:
             self._workers.append(worker)
         log.info("engine started on %s", ", ".join(self.devices))
 
-    async def stop(self) -> None:
-        """Stop taking jobs; running jobs are asked to stop; waiting ones end as interrupted."""
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop taking jobs. Waiting jobs end as interrupted at once; the batches running now
+        may finish within `grace` seconds (no job joins them), then the jobs still running are
+        asked to stop and end as interrupted too. A front end that keeps its jobs across
+        restarts (the single server's journal, the cluster's queues) runs interrupted jobs
+        again later."""
         shutdown = JobError(ErrorCode.INTERRUPTED, "the server shut down before the task finished")
         for handle in self._former.close():
             handle.fail(shutdown)
         for worker in self._workers:
-            worker.stop()
-            for handle in worker.running():
-                handle.cancel(shutdown)
+            worker.stop()  # it ends after its current batch
+        deadline = time.monotonic() + grace
         for worker in self._workers:
-            await asyncio.to_thread(worker.join, 30)
+            await asyncio.to_thread(worker.join, max(0.0, deadline - time.monotonic()))
+        cut = [h for worker in self._workers if worker.is_alive() for h in worker.running()]
+        if cut:
+            log.warning("stopping %d running job(s) after the %.0f s grace period", len(cut), grace)
+        for handle in cut:
+            handle.cancel(shutdown)
+        for worker in self._workers:
+            await asyncio.to_thread(worker.join, STOP_JOIN_S)
+            if worker.is_alive():
+                log.error("the %s worker did not stop within %.0f s", worker.device, STOP_JOIN_S)
         self._workers.clear()
         if self._handback is not None:
             await asyncio.to_thread(self._handback.shutdown, wait=True)

@@ -1,5 +1,11 @@
 """Decoding client images (base64, data URIs or fetched bytes) with limits, before any job is
-queued."""
+queued.
+
+The limits are the server's (server/limits.py: max_image_bytes, max_image_pixels); every caller
+passes them. The pixel count is read from the file's header and checked before any pixel is
+decoded, so a "decompression bomb" (a few hundred KB of PNG that would decode to gigabytes) is
+refused at the cost of its header.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,13 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
+from server.limits import Limits, describe_bytes
+
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+/-]*)(?:;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 
-MAX_ENCODED_BYTES = 40 * 1024 * 1024
-MAX_PIXELS = 4096 * 4096
+MAX_ENCODED_BYTES = Limits.max_image_bytes  # defaults for callers outside a server (tests)
+MAX_PIXELS = Limits.max_image_pixels
 
 
 class ImageDecodeError(ValueError):
@@ -25,34 +33,46 @@ class ImageDecodeError(ValueError):
 def decode_base64_image(
     data: str, *, max_bytes: int = MAX_ENCODED_BYTES, max_pixels: int = MAX_PIXELS
 ) -> Image.Image:
-    """A fully loaded PIL image from a data URI or raw base64; ImageDecodeError otherwise."""
+    """A fully loaded PIL image from a data URI or raw base64; ImageDecodeError otherwise.
+
+    max_bytes bounds the image file (the decoded base64), checked on the text's length before
+    anything is decoded."""
     if not isinstance(data, str) or not data.strip():
         raise ImageDecodeError("is empty")
     payload = _DATA_URI.sub("", data.strip(), count=1)
     payload = _WHITESPACE.sub("", payload)
-    if len(payload) > max_bytes * 4 // 3 + 4:
-        raise ImageDecodeError(f"is larger than {max_bytes // (1024 * 1024)} MiB")
+    if len(payload) > -(-max_bytes // 3) * 4 + 4:
+        raise ImageDecodeError(f"is larger than this server's limit of {describe_bytes(max_bytes)}")
     try:
         raw = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ImageDecodeError("is not valid base64") from None
+    if len(raw) > max_bytes:
+        raise ImageDecodeError(f"is larger than this server's limit of {describe_bytes(max_bytes)}")
     return decode_image_bytes(raw, max_pixels=max_pixels)
 
 
 def decode_image_bytes(raw: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """A fully loaded PIL image from a file's bytes; ImageDecodeError otherwise."""
+    too_many = f"more than this server's limit of {max_pixels} pixels"
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # max_pixels decides, not Pillow's own warning threshold (MAX_IMAGE_PIXELS).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(raw))
             if image.width * image.height > max_pixels:
-                raise ImageDecodeError(
-                    f"is {image.width}x{image.height}: more than {max_pixels} pixels"
-                )
+                raise ImageDecodeError(f"is {image.width}x{image.height}: {too_many}")
             image.load()
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
+        # Pillow refuses above twice its MAX_IMAGE_PIXELS (about 179 million) on its own,
+        # before easel sees the size: whichever limit is lower has been passed.
+        pillow = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        if pillow and pillow < max_pixels:
+            too_many = f"more than the {pillow} pixels the image library accepts"
+        raise ImageDecodeError(f"is a decompression bomb: {too_many}") from None
+    except UnidentifiedImageError:
         raise ImageDecodeError("is not a readable image (PNG, JPEG, WEBP...)") from None
     except (OSError, SyntaxError, ValueError):
         raise ImageDecodeError("is a damaged or truncated image") from None

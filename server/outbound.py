@@ -4,11 +4,13 @@ A client-given URL is an SSRF hazard: without care the server would fetch its ow
 service (169.254.169.254), an admin page on 127.0.0.1 or anything on the operator's LAN for
 whoever sends a request. So every hop of every request is checked here:
 
-- only http and https;
-- the host is resolved once per hop, off the event loop, and every address it resolves to must
-  be public (not loopback, private, link-local, multicast, reserved, unspecified; IPv4 inside
-  IPv6 is judged as the IPv4) unless it lies in a network the operator allowed
-  (`--allow-url-net`);
+- only http and https, with a host and a valid port;
+- the host is resolved once per hop, off the event loop (on lookup threads of its own), and
+  every address it resolves to must be public (not loopback, private, link-local, multicast,
+  reserved, unspecified, carrier-grade NAT, nor one of the internal endpoints listed in
+  _REFUSED_NETWORKS; IPv4 inside IPv6 is judged as the IPv4) unless it lies in a network the
+  operator allowed (`--allow-url-net`). Numeric host spellings (2130706433, 0x7f.1, 127.1) are
+  names to the URL parser and addresses to the resolver: the resolved address is what is judged;
 - the connection then goes to exactly that checked address. There is no second DNS lookup, so a
   name that answers a public address to the check and a private one to the connect (DNS
   rebinding) gains nothing. The URL's hostname still goes into the Host header, TLS SNI and the
@@ -24,16 +26,21 @@ connection is opened: no code path reaches the network around it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
+import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import httpcore
 import httpx
+
+log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -55,8 +62,24 @@ _NON_PUBLIC: tuple[tuple[str, str], ...] = (
     ("is_reserved", "reserved"),
     ("is_private", "private"),
 )
+# Ranges refused although Python's ipaddress calls (some of) them global, whatever its version:
+# internal endpoints at addresses outside the private ranges.
+_REFUSED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = (
+    # Shared address space: carrier-grade NAT, and Alibaba Cloud's metadata (100.100.100.200).
+    (ipaddress.IPv4Network("100.64.0.0/10"), "carrier-grade NAT"),
+    # IETF protocol assignments: Oracle Cloud's metadata (192.0.0.192), NAT64 discovery...
+    (ipaddress.IPv4Network("192.0.0.0/24"), "special-purpose"),
+    # Azure's WireServer: reachable from every Azure VM, serves the VM's platform secrets.
+    (ipaddress.IPv4Network("168.63.129.16/32"), "cloud platform"),
+    # Local-use NAT64 (RFC 8215): a site's own translator, whatever IPv4 it maps to.
+    (ipaddress.IPv6Network("64:ff9b:1::/48"), "local NAT64"),
+    # Deprecated site-local IPv6, still routed inside some networks.
+    (ipaddress.IPv6Network("fec0::/10"), "site-local"),
+)
 _USER_AGENT = b"easel"
 _MAX_CONNECTIONS = 32
+_MAX_PORT = 65535
+_DNS_THREADS = 8
 
 
 class OutboundError(ValueError):
@@ -90,20 +113,25 @@ class OutboundPolicy:
 
 
 def _judged(address: IPAddress) -> tuple[IPAddress, ...]:
-    """The addresses that decide where `address` really leads: an IPv4-mapped IPv6 address is
-    its IPv4; a 6to4 or NAT64 address is judged both as itself and as the IPv4 it carries."""
+    """The addresses that decide where `address` really leads: an IPv4-mapped IPv6 address or
+    one of the well-known NAT64 prefix is its IPv4 (the translator forwards to that IPv4, and
+    RFC 6052 keeps the prefix for global IPv4 only, so IPv6-only hosts behind DNS64 still reach
+    public servers); a 6to4 address is judged both as itself and as the IPv4 it carries."""
     if isinstance(address, ipaddress.IPv4Address):
         return (address,)
     if address.ipv4_mapped is not None:
         return (address.ipv4_mapped,)
+    if address in _NAT64:
+        return (ipaddress.IPv4Address(int(address) & 0xFFFFFFFF),)
     if address.sixtofour is not None:
         return (address.sixtofour, address)
-    if address in _NAT64:
-        return (ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), address)
     return (address,)
 
 
 def _non_public_kind(address: IPAddress) -> str | None:
+    for network, kind in _REFUSED_NETWORKS:
+        if address.version == network.version and address in network:
+            return kind
     for attribute, kind in _NON_PUBLIC:
         if getattr(address, attribute):
             return kind
@@ -126,12 +154,21 @@ def address_problem(address: IPAddress, allow: Iterable[IPNetwork] = ()) -> str 
     return None
 
 
+@functools.cache
+def _dns_executor() -> ThreadPoolExecutor:
+    """The threads lookups block on: their own, so a slow name server (one a client picked for
+    its URL's host) delays other lookups only, never the default executor's work that the whole
+    server shares (image decoding, result files)."""
+    return ThreadPoolExecutor(_DNS_THREADS, thread_name_prefix="easel-dns")
+
+
 async def system_resolve(host: str, port: int) -> list[str]:
-    """The host's addresses from the system resolver, in its order, run in the loop's executor
-    (getaddrinfo blocks)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    """The host's addresses from the system resolver, in its order (getaddrinfo blocks: it runs
+    on the lookup threads)."""
+    lookup = functools.partial(
+        socket.getaddrinfo, host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
     )
+    infos = await asyncio.get_running_loop().run_in_executor(_dns_executor(), lookup)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
@@ -235,15 +272,21 @@ def _shown(url: httpx.URL) -> str:
     return f"{url.scheme}://{url.netloc.decode('ascii')}{path}"
 
 
-def _parse(url: str | httpx.URL) -> httpx.URL:
+def parse_url(url: str | httpx.URL) -> httpx.URL:
+    """`url` parsed; OutboundError when it could never be fetched: not http(s), no host, a port
+    out of range, a malformed international host name. No DNS: front ends may check a URL this
+    way as its request arrives, long before it is used (addresses are checked at connect)."""
     try:
         parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as error:
+        host = parsed.host  # decodes an IDNA host: a malformed one fails here, not mid-call
+    except (httpx.InvalidURL, TypeError, UnicodeError) as error:
         raise OutboundError(f"is not a valid URL ({error})") from None
     if parsed.scheme not in _SCHEMES:
         raise OutboundError("is not an http(s) URL")
-    if not parsed.host:
+    if not host:
         raise OutboundError("is an http(s) URL without a host")
+    if parsed.port is not None and not 0 < parsed.port <= _MAX_PORT:
+        raise OutboundError(f"is not a valid URL (port {parsed.port} is out of range)")
     return parsed
 
 
@@ -311,19 +354,26 @@ class Outbound:
         await self._pool.aclose()
 
     async def _call(self, url: str, request: _Request) -> bytes:
-        target = _parse(url)
+        target = parse_url(url)
         try:
             async with asyncio.timeout(self._policy.timeout_s):
                 return await self._follow(target, request)
         except TimeoutError:
             raise OutboundError(f"timed out after {self._policy.timeout_s:g} s") from None
+        except OutboundError:
+            raise
+        except Exception as error:
+            # One no rule here foresaw (a library's own): still the field's error, never a
+            # failed request; logged so that it gets a rule.
+            log.warning("%s %s failed", request.method, _shown(target), exc_info=True)
+            raise OutboundError(f"could not be reached ({type(error).__name__})") from None
 
     async def _follow(self, target: httpx.URL, request: _Request) -> bytes:
         redirects = _REDIRECTS if request.method == "GET" else _BODY_REDIRECTS
         for hop in range(self._policy.max_redirects + 1):
             try:
                 if hop:
-                    target = _parse(target)
+                    target = parse_url(target)
                 location, body = await self._exchange(target, request, redirects)
             except OutboundError as error:
                 if not hop:

@@ -73,7 +73,7 @@ def encode(image: Image, encoding: Encoding = PNG) -> bytes:
 
 
 def is_image_id(text: str) -> bool:
-    return _IMAGE_ID.match(text) is not None
+    return _IMAGE_ID.fullmatch(text) is not None
 
 
 def new_image_id() -> str:
@@ -118,7 +118,7 @@ class FileResultStore:
         return self.root / f"{image_id}.owner"
 
     def path(self, image_id: str) -> Path | None:
-        if not _IMAGE_ID.match(image_id):
+        if not is_image_id(image_id):
             return None
         for image_format in ImageFormat:
             path = self.root / f"{image_id}.{image_format.value}"
@@ -148,7 +148,7 @@ class FileResultStore:
             return ""
 
     def delete(self, image_id: str) -> None:
-        if _IMAGE_ID.match(image_id):
+        if is_image_id(image_id):
             for image_format in ImageFormat:
                 (self.root / f"{image_id}.{image_format.value}").unlink(missing_ok=True)
             self._owner_path(image_id).unlink(missing_ok=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from server.limits import Limits
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,11 @@ class Settings:
     url_allow: tuple[str, ...] = ()
     # redis://HOST:PORT/N: run as an API replica of a cluster (jobs go to `easel worker`s)
     broker_url: str | None = None
+    # what one request may ask: body, image, pixel, prompt and WebSocket limits
+    limits: Limits = field(default_factory=Limits)
+    # SIGTERM: in-flight HTTP requests may finish within this, then the running batch may too;
+    # jobs still waiting (or cut at the end) run again at the next start
+    shutdown_grace_s: float = 30.0
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -72,7 +72,7 @@ class TaskTracker:
             result = await handle.result()
         except JobError as error:
             if error.code is ErrorCode.INTERRUPTED and not self.record_interruptions:
-                log.info("task %s interrupted: left for another worker", task_id)
+                log.info("task %s interrupted: left to run again", task_id)
                 return
             log.info("task %s ended in error: %s (%s)", task_id, error.code.value, error.message)
             self.store.fail(task_id, error.code.value, error.message)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -27,7 +28,7 @@ from server.cluster.redis_client import connect
 from server.cluster.redis_results import RedisResultStore
 from server.cluster.redis_tasks import RedisTaskStore
 from server.cluster.registry import WorkerRegistry
-from server.dispatch import Backend
+from server.dispatch import Backend, ResumeDelivery
 from server.results import PNG, Encoding
 from server.taskstore import TaskStatus
 
@@ -43,8 +44,6 @@ def encoding_fields(encoding: Encoding) -> dict[str, Any]:
 
 
 class BrokerDispatcher:
-    resumes_unfinished = True  # tasks live on in Redis and in the queues across restarts
-
     def __init__(
         self, engine: Engine, config: ClusterConfig, client: redis.Redis, store: RedisTaskStore
     ) -> None:
@@ -62,6 +61,10 @@ class BrokerDispatcher:
     async def start(self) -> None:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
+    def on_recovered(self, protocol: str, resume: ResumeDelivery) -> None:
+        """Nothing to do: tasks live on in Redis and in the queues across restarts; a
+        replica's deliveries (Runware webhookURL / uploadEndpoint) are not resumed."""
+
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
@@ -73,7 +76,14 @@ class BrokerDispatcher:
 
     # --- submitting ---
 
-    def submit(self, task_id: str, job: Job, encoding: Encoding = PNG) -> asyncio.Task[None]:
+    def submit(
+        self,
+        task_id: str,
+        job: Job,
+        encoding: Encoding = PNG,
+        delivery: Mapping[str, Any] | None = None,
+    ) -> asyncio.Task[None]:
+        """delivery is not kept: a replica that restarts does not resume its deliveries."""
         model = self.engine.validate(job)
         try:
             payload = encode_job(job)

@@ -146,6 +146,10 @@ class RedisTaskStore:
     def fail(self, task_id: str, error_code: str, error_message: str) -> bool:
         return self._move(task_id, _UNFINISHED, _error(error_code, error_message))
 
+    def requeue(self, task_id: str) -> bool:
+        values = {"status": TaskStatus.QUEUED.value, "progress": "0.0"}
+        return self._move(task_id, _UNFINISHED, values)
+
     def fail_delivery(self, task_id: str, error_code: str, error_message: str) -> None:
         self._move(task_id, (), _error(error_code, error_message))
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipelines.jobs import Job
 from server.images import ImageDecodeError, decode_base64_image
+from server.limits import Limits
 from server.picpik.errors import PicpikError, RetCode
 from server.summary import job_summary
 from server.validation import error_location
@@ -64,9 +65,36 @@ def parse(model: type[W], body: dict[str, Any]) -> W:
         ) from None
 
 
-async def decode_image(data: str, field: str) -> Image:
-    """A base64 image field, decoded off the event loop; INVALID_IMAGE naming the field."""
+async def decode_image(data: str, field: str, limits: Limits) -> Image:
+    """A base64 image field, decoded off the event loop within the server's image limits;
+    INVALID_IMAGE naming the field."""
     try:
-        return await asyncio.to_thread(decode_base64_image, data)
+        return await asyncio.to_thread(
+            decode_base64_image,
+            data,
+            max_bytes=limits.max_image_bytes,
+            max_pixels=limits.max_image_pixels,
+        )
     except ImageDecodeError as error:
         raise PicpikError(RetCode.INVALID_IMAGE, f"{field} {error}") from None
+
+
+def check_prompts(field: str, prompts: list[str] | None, joined: str, limits: Limits) -> None:
+    """Each entry of a prompt list, and `joined`, the one prompt they make together, within
+    max_prompt_chars; INVALID_PARAMETER naming the entry (or the list) otherwise."""
+    for i, prompt in enumerate(prompts or []):
+        problem = limits.prompt_problem(prompt)
+        if problem is not None:
+            raise PicpikError(RetCode.INVALID_PARAMETER, f"invalid {field}[{i}]: {problem}")
+    problem = limits.prompt_problem(joined)
+    if problem is not None:
+        raise PicpikError(
+            RetCode.INVALID_PARAMETER, f"invalid {field}: joined into one prompt, it {problem}"
+        )
+
+
+def check_request_pixels(width: int, height: int, batch_size: int, limits: Limits) -> None:
+    """Width x Height x BatchSize within max_request_pixels; INVALID_PARAMETER otherwise."""
+    problem = limits.pixels_problem(width, height, batch_size)
+    if problem is not None:
+        raise PicpikError(RetCode.INVALID_PARAMETER, f"invalid Width/Height/BatchSize: {problem}")

@@ -35,6 +35,7 @@ from pipelines.jobs import (
 )
 from pipelines.masking import rgba_foreground
 from pipelines.samplers import is_known_sampler
+from server.limits import Limits
 from server.picpik import protocol as wire
 from server.picpik.common import (
     DEFAULT_CFG_SCALE,
@@ -44,6 +45,8 @@ from server.picpik.common import (
     DEFAULT_STEPS,
     Caller,
     Submit,
+    check_prompts,
+    check_request_pixels,
     decode_image,
     parse,
     point_cost,
@@ -108,9 +111,10 @@ def mask_strength(refer_strength: float) -> float:
 class ImageInputs:
     """A request's image list (ImageAndMaskList or ImageList), each entry decoded once."""
 
-    def __init__(self, images: list[str] | None, name: str) -> None:
+    def __init__(self, images: list[str] | None, name: str, limits: Limits) -> None:
         self.images = images or []
         self.name = name
+        self.limits = limits
         self._decoded: dict[int, Image] = {}
 
     async def get(self, index: int, field: str) -> Image:
@@ -120,7 +124,8 @@ class ImageInputs:
                 f"invalid {field}: {index} is out of range ({self.name} has {len(self.images)})",
             )
         if index not in self._decoded:
-            self._decoded[index] = await decode_image(self.images[index], f"{self.name}[{index}]")
+            field = f"{self.name}[{index}]"
+            self._decoded[index] = await decode_image(self.images[index], field, self.limits)
         return self._decoded[index]
 
     async def mask(self, index: int, field: str, invert: bool) -> Image:
@@ -141,16 +146,17 @@ class MainSettings:
 
 
 class GenerationActions:
-    def __init__(self, engine: Engine, submit: Submit) -> None:
+    def __init__(self, engine: Engine, submit: Submit, limits: Limits | None = None) -> None:
         self.engine = engine
         self.submit = submit
+        self.limits = limits or Limits()
 
     # --- actions ---
 
     async def generate_images(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         req = parse(wire.GenerateImagesRequest, body)
         main = self._main_settings(req.MainModel)
-        images = ImageInputs(req.ImageAndMaskList, "ImageAndMaskList")
+        images = ImageInputs(req.ImageAndMaskList, "ImageAndMaskList", self.limits)
         i2i = req.Image2Image
         init_image = None
         if i2i is not None:
@@ -172,7 +178,7 @@ class GenerationActions:
     async def modify_masked_pixels(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         req = parse(wire.ModifyMaskedPixelsRequest, body)
         main = self._main_settings(req.MainModel)
-        images = ImageInputs(req.ImageAndMaskList, "ImageAndMaskList")
+        images = ImageInputs(req.ImageAndMaskList, "ImageAndMaskList", self.limits)
         masked = req.Masked
         raw = await images.get(masked.ImageIndex, "Masked.ImageIndex")
         mask = await images.mask(masked.MaskIndex, "Masked.MaskIndex", masked.InvertMask)
@@ -201,7 +207,7 @@ class GenerationActions:
     async def apply_reference_style(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         req = parse(wire.ApplyReferenceStyleRequest, body)
         main = self._main_settings(req.MainModel)
-        images = ImageInputs(req.ImageList, "ImageList")
+        images = ImageInputs(req.ImageList, "ImageList", self.limits)
         raw = await images.get(req.RawImageIndex, "RawImageIndex")
         style = await images.get(req.StyleImageIndex, "StyleImageIndex")
         width, height = self._size(req, raw)
@@ -217,7 +223,7 @@ class GenerationActions:
     async def generate_backgrounds(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         req = parse(wire.GenerateBackgroundsRequest, body)
         main = self._main_settings(req.MainModel)
-        images = ImageInputs(req.ImageList, "ImageList")
+        images = ImageInputs(req.ImageList, "ImageList", self.limits)
         foreground_params = req.TransparentForeground
         if foreground_params is None and req.TransparentImageIndexList:
             foreground_params = wire.TransparentForegroundParams(
@@ -294,13 +300,17 @@ class GenerationActions:
         width: int,
         height: int,
     ) -> dict[str, Any]:
-        """GenerationJob fields every action sets the same way."""
+        """GenerationJob fields every action sets the same way; the request's limits (prompt
+        lengths, Width x Height x BatchSize) are checked here."""
         seed = req.Seed if req.Seed >= 0 else secrets.randbelow(2147483647)
-        prompt = _join(req.PositivePrompts)
+        prompt, negative = _join(req.PositivePrompts), _join(req.NegativePrompts)
+        check_prompts("PositivePrompts", req.PositivePrompts, prompt, self.limits)
+        check_prompts("NegativePrompts", req.NegativePrompts, negative, self.limits)
+        check_request_pixels(width, height, req.BatchSize, self.limits)
         return {
             "model": main.model.code,
             "prompt": prompt,
-            "negative_prompt": _join(req.NegativePrompts),
+            "negative_prompt": negative,
             "width": width,
             "height": height,
             "steps": main.steps,
@@ -308,7 +318,7 @@ class GenerationActions:
             "sampler": main.sampler,
             "clip_skip": main.clip_skip,
             "seeds": tuple(seed + i for i in range(req.BatchSize)),
-            "sub_models": self._sub_models(req.SubModelList, prompt, _join(req.NegativePrompts)),
+            "sub_models": self._sub_models(req.SubModelList, prompt, negative),
             "use_model_vae": req.UseMainModelVAE,
             "translate_prompts": req.TranslatePrompts,
             "owner": caller.owner,

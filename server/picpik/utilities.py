@@ -20,6 +20,7 @@ from typing import Any
 from PIL.Image import Image
 
 from pipelines.jobs import BackgroundRemovalJob, Box, CaptionJob, Job, UpscaleJob
+from server.limits import Limits
 from server.picpik import protocol as wire
 from server.picpik.common import Caller, Handler, Submit, decode_image, parse
 from server.picpik.errors import PicpikError, RetCode
@@ -34,8 +35,9 @@ ENGLISH = frozenset({"", "en", "english"})
 
 
 class UtilityActions:
-    def __init__(self, submit: Submit) -> None:
+    def __init__(self, submit: Submit, limits: Limits | None = None) -> None:
         self.submit = submit
+        self.limits = limits or Limits()
         self.handlers: dict[str, Handler] = {
             "RemoveBackground": self.remove_background,
             "RemoveBackgroundsInBatch": self.remove_backgrounds_in_batch,
@@ -45,7 +47,7 @@ class UtilityActions:
 
     async def remove_background(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
         req = parse(wire.RemoveBackgroundRequest, body)
-        image = await decode_image(req.RawImage, "RawImage")
+        image = await decode_image(req.RawImage, "RawImage", self.limits)
         return self._queue(req.Action, _background_job(req, (image,), caller), caller)
 
     async def remove_backgrounds_in_batch(
@@ -53,7 +55,7 @@ class UtilityActions:
     ) -> dict[str, Any]:
         req = parse(wire.RemoveBackgroundsInBatchRequest, body)
         images = [
-            await decode_image(data, f"RawImageList[{i}]")
+            await decode_image(data, f"RawImageList[{i}]", self.limits)
             for i, data in enumerate(req.RawImageList)
         ]
         return self._queue(req.Action, _background_job(req, tuple(images), caller), caller)
@@ -62,7 +64,10 @@ class UtilityActions:
         req = parse(wire.ResizeImageRequest, body)
         if req.Width is None and req.Height is None:
             raise PicpikError(RetCode.INVALID_PARAMETER, "invalid Width: Width or Height is needed")
-        image = await decode_image(req.RawImage, "RawImage")
+        image = await decode_image(req.RawImage, "RawImage", self.limits)
+        problem = self.limits.pixels_problem(*_resized(image, req.Width, req.Height))
+        if problem is not None:
+            raise PicpikError(RetCode.INVALID_PARAMETER, f"invalid Width/Height: {problem}")
         job = UpscaleJob(image=image, width=req.Width, height=req.Height, owner=caller.owner)
         return self._queue(req.Action, job, caller)
 
@@ -75,7 +80,8 @@ class UtilityActions:
                 "invalid TranslateDescription: a two-letter language code such as 'de' or 'zh'",
             )
         images = [
-            await decode_image(data, f"ImageList[{i}]") for i, data in enumerate(req.ImageList)
+            await decode_image(data, f"ImageList[{i}]", self.limits)
+            for i, data in enumerate(req.ImageList)
         ]
         job = CaptionJob(
             images=tuple(images),
@@ -86,6 +92,17 @@ class UtilityActions:
 
     def _queue(self, action: str, job: Job, caller: Caller) -> dict[str, Any]:
         return {"TaskUID": self.submit(action, job, caller, POINTS_PER_IMAGE * job.num_images)}
+
+
+def _resized(image: Image, width: int | None, height: int | None) -> tuple[int, int]:
+    """ResizeImage's output size, as the engine makes it (pipelines/utilities/upscale.py's
+    target_size): one side given keeps the image's aspect ratio."""
+    if width is not None and height is not None:
+        return width, height
+    if width is not None:
+        return width, max(1, round(image.height * width / image.width))
+    assert height is not None
+    return max(1, round(image.width * height / image.height)), height
 
 
 def _background_job(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -19,7 +20,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from server.outbound import OutboundError, parse_url
 from server.runware.errors import Code, RunwareError
 from server.validation import error_location
 
@@ -125,18 +128,33 @@ class OutpaintItem(Wire):
     blur: Annotated[int, Field(ge=0, le=32)] = 0
 
 
+def _usable_url(value: str) -> str:
+    """A delivery URL that could be used at all (http(s), a host, a valid port): checked as the
+    task arrives, so a mistyped one fails before the images are made. Its addresses are checked
+    when it is used (server.outbound), as every hop's are."""
+    try:
+        parse_url(value)
+    except OutboundError as error:
+        raise PydanticCustomError("url", "{reason}", {"reason": str(error)}) from None
+    return value
+
+
+DeliveryURL = Annotated[str, AfterValidator(_usable_url)]
+
+
 class Delivery(Wire):
     """Where a finished task's results go besides the reply: PUT to uploadEndpoint, POST to
     webhookURL; deliveryMethod async answers at once and the client polls getResponse."""
 
-    uploadEndpoint: str | None = None
+    uploadEndpoint: DeliveryURL | None = None
     deliveryMethod: Annotated[Literal["sync", "async"], BeforeValidator(_lower)] | None = None
-    webhookURL: str | None = None
+    webhookURL: DeliveryURL | None = None
 
 
 class ImageInference(Task, OutputOptions, Delivery):
-    positivePrompt: str = Field(min_length=1, max_length=3000)
-    negativePrompt: Annotated[str, Field(max_length=3000)] | None = None
+    # Prompt lengths are the server's limit (Limits.max_prompt_chars), checked after parsing.
+    positivePrompt: str = Field(min_length=1)
+    negativePrompt: str | None = None
     model: str = Field(min_length=1)
     width: Side | None = None  # None: the seed image's size, else 512
     height: Side | None = None
@@ -212,7 +230,7 @@ class Caption(Task, Delivery):
 
 
 class PromptEnhance(Task, Delivery):
-    prompt: str = Field(min_length=1, max_length=3000)
+    prompt: str = Field(min_length=1)  # at most Limits.max_prompt_chars, checked after parsing
     promptMaxLength: Annotated[int, Field(ge=4, le=400)] = 380
     promptVersions: Annotated[int, Field(ge=1, le=5)] = 1
     includeCost: bool | None = None

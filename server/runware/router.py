@@ -18,11 +18,13 @@ from typing import Any
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
+from server.openapi import RUNWARE_OPENAPI
 from server.runware.common import Caller, Reply
 from server.runware.errors import Code, RunwareError
 from server.runware.legacy.connection import LegacyProtocol
 from server.runware.serving import RunwareService
 from server.runware.sessions import Session, SessionRegistry
+from server.runware.throttle import MessageBucket, frame_size, over_rate_error, oversized_items
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ AUTH_TASK = "authentication"
 # HTTP status of a REST reply with errors: the first code found in this order decides.
 REST_STATUS: tuple[tuple[frozenset[Code], int], ...] = (
     (frozenset({Code.INVALID_API_KEY, Code.MISSING_API_KEY}), 401),
-    (frozenset({Code.SERVER_BUSY}), 429),
+    (frozenset({Code.SERVER_BUSY, Code.RATE_LIMITED, Code.TOO_MANY_TASKS}), 429),
     (frozenset({Code.INTERNAL_ERROR, Code.OUT_OF_MEMORY, Code.INTERRUPTED}), 500),
 )
 REST_CLIENT_ERROR = 400
@@ -76,6 +78,8 @@ class RunwareConnection:
         self.session: Session | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.legacy = LegacyProtocol(self)
+        self.limits = service.limits
+        self.bucket = MessageBucket(self.limits.ws_messages_per_s, self.limits.ws_burst)
 
     def send(self, frame: dict[str, Any]) -> None:
         self.outgoing.put_nowait(frame)
@@ -92,10 +96,9 @@ class RunwareConnection:
                     return
                 if message["type"] == "websocket.disconnect":
                     return
-                text = message.get("text")
-                if text is None and message.get("bytes") is not None:
-                    text = message["bytes"].decode("utf-8", "replace")
-                self._dispatch(text or "")
+                text = self._text(message)
+                if text is not None:
+                    self._dispatch(text)
         except (WebSocketDisconnect, RuntimeError):
             return
         finally:
@@ -144,7 +147,7 @@ class RunwareConnection:
     def start(self, task: Any, render: Render) -> None:
         """Run a task in the background; its frames go to the session (kept for a resume if
         the socket is gone by then)."""
-        if self.session is None and self.service.keys.empty:
+        if self.session is None and self.service.keys.open:
             self.session = self.sessions.open("", self.send)
         if self.session is None:
             task_type = task.get("taskType") if isinstance(task, dict) else None
@@ -166,28 +169,57 @@ class RunwareConnection:
         self.tasks.add(running)
         running.add_done_callback(self.tasks.discard)
 
+    # --- limits (server/runware/throttle.py) ---
+
+    def _text(self, message: dict[str, Any]) -> str | None:
+        """A received frame's text; None, once it has been answered with payloadTooLarge, when
+        it is over the limits' ws_max_frame_bytes."""
+        text, data = message.get("text"), message.get("bytes")
+        size = frame_size(text, data)
+        if text is None:
+            text = (data or b"").decode("utf-8", "replace")
+        if size <= self.limits.ws_max_frame_bytes:
+            return text
+        if text.lstrip()[:1] == "{":
+            self.legacy.refuse_oversized(text, size)
+        else:
+            self.send(_frame(errors=oversized_items(text, size, self.limits)))
+        return None
+
     # --- current protocol ---
 
     def _dispatch(self, text: str) -> None:
         try:
             message = json.loads(text)
         except ValueError:
+            self.bucket.take()
             error = RunwareError(Code.INVALID_MESSAGE, "not JSON")
             self.send(_frame(errors=[error.item(None, None)]))
             return
         if isinstance(message, dict):
-            self.legacy.handle(message)
+            self.legacy.handle(message, self.bucket.take())
             return
         if not isinstance(message, list):
+            self.bucket.take()
             error = RunwareError(Code.INVALID_MESSAGE, "a message must be a JSON array of tasks")
             self.send(_frame(errors=[error.item(None, None)]))
             return
+        if not message:
+            self.bucket.take()
         for task in message:
             task_type = task.get("taskType") if isinstance(task, dict) else None
-            if task_type == AUTH_TASK:
-                self._authenticate(task)
-            elif task_type == "ping":
+            admitted = self.bucket.take()
+            if task_type == "ping":  # answered over the rate too (server/runware/throttle.py)
                 self.send(_frame([{"taskType": "ping", "pong": True}]))
+            elif not admitted:
+                task_uuid = task.get("taskUUID") if isinstance(task, dict) else None
+                item = over_rate_error(self.limits).item(
+                    task_type if isinstance(task_type, str) else None,
+                    task_uuid if isinstance(task_uuid, str) else None,
+                )
+                self.send(_frame(errors=[item]))
+            elif task_type == AUTH_TASK:
+                self._authenticate(task)
             else:
                 self.start(task, current_frames)
 
@@ -209,7 +241,12 @@ def runware_router(service: RunwareService, sessions: SessionRegistry) -> APIRou
     async def runware_socket(socket: WebSocket) -> None:
         await RunwareConnection(socket, service, sessions).serve()
 
-    @router.post("/v1", tags=["Runware"], summary="Runware tasks over REST (a JSON array)")
+    @router.post(
+        "/v1",
+        tags=["Runware"],
+        summary="Runware tasks over REST (a JSON array)",
+        openapi_extra=RUNWARE_OPENAPI,
+    )
     async def runware_rest(request: Request) -> JSONResponse:
         return await _rest(service, request)
 

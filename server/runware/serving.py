@@ -342,7 +342,8 @@ class RunwareService:
         try:
             await self.outbound.post_json(url, payload)
         except OutboundError as error:
-            log.warning("webhook %s failed: %s", url, error)
+            # Without its query string: webhook URLs often carry a signature or token there.
+            log.warning("webhook %s failed: %s", url.split("?", 1)[0], error)
 
     async def _items(self, record: TaskRecord, caller: Caller) -> list[dict[str, Any]]:
         """A finished record's result items; RunwareError for a failed one."""

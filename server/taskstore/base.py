@@ -69,6 +69,10 @@ class TaskStore(Protocol):
 
     def fail(self, task_id: str, error_code: str, error_message: str) -> bool: ...
 
+    # Back to queued (progress 0) for a job that runs again after a restart; a queued or
+    # running task only, and whether it was one.
+    def requeue(self, task_id: str) -> bool: ...
+
     # A finished task whose delivery failed (Runware uploadEndpoint) becomes an error.
     def fail_delivery(self, task_id: str, error_code: str, error_message: str) -> None: ...
 

@@ -136,6 +136,14 @@ class SqliteTaskStore:
         )
         return cursor.rowcount > 0
 
+    def requeue(self, task_id: str) -> bool:
+        cursor = self._execute(
+            "UPDATE tasks SET status = ?, progress = 0, updated_at = ?"
+            " WHERE task_id = ? AND status IN (?, ?)",
+            (TaskStatus.QUEUED.value, time.time(), task_id, *_UNFINISHED),
+        )
+        return cursor.rowcount > 0
+
     def fail_delivery(self, task_id: str, error_code: str, error_message: str) -> None:
         self._execute(
             "UPDATE tasks SET status = ?, error_code = ?, error_message = ?, updated_at = ?"

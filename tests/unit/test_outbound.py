@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gzip
 import ipaddress
 import json
 import os
@@ -20,6 +21,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,9 +37,11 @@ from server.outbound import (
     OutboundError,
     OutboundPolicy,
     address_problem,
+    system_resolve,
 )
 
 LOOPBACK = OutboundPolicy.from_strings(["127.0.0.0/8"])
+GZIP_BOMB = gzip.compress(bytes(16 * 1024 * 1024), compresslevel=9)
 
 
 @functools.cache
@@ -126,6 +130,17 @@ class Handler(BaseHTTPRequestHandler):
         elif parts[0] == "slow":
             state.stop.wait(5)
             self._send(200, b"late")
+        elif parts[0] == "drip":  # slow loris: headers at once, then a byte now and then
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(1000):
+                if state.stop.wait(0.05):
+                    break
+                self.wfile.write(b"z")
+                self.wfile.flush()
+        elif parts[0] == "gzip":  # a bomb: 16 MiB of zeros in a few KiB, sent compressed anyway
+            self._send(200, GZIP_BOMB, {"Content-Encoding": "gzip"})
         elif parts[0] in ("upload", "hook"):
             self._send(204)
         else:
@@ -212,7 +227,15 @@ NON_PUBLIC = [
     ("224.0.0.1", "multicast"),
     ("240.0.0.1", "reserved"),
     ("255.255.255.255", "reserved"),
-    ("100.64.0.1", "non-public"),  # carrier-grade NAT
+    ("100.64.0.1", "carrier-grade NAT"),
+    ("100.100.100.200", "carrier-grade NAT"),  # Alibaba Cloud metadata
+    ("192.0.0.192", "special-purpose"),  # Oracle Cloud metadata: "global" to ipaddress
+    ("168.63.129.16", "cloud platform"),  # Azure WireServer: a public-looking address
+    ("0.1.2.3", "private"),  # "this network"
+    ("fd00:ec2::254", "private"),  # AWS metadata over IPv6
+    ("fd20:ce::254", "private"),  # GCP metadata over IPv6
+    ("fec0::1", "site-local"),  # deprecated, "global" to ipaddress
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "private"),  # Teredo
     ("::1", "loopback"),
     ("::", "unspecified"),
     ("fe80::1", "link-local"),
@@ -223,6 +246,8 @@ NON_PUBLIC = [
     ("::ffff:169.254.169.254", "link-local"),
     ("2002:a00:5::", "private"),  # 6to4 carrying 10.0.0.5
     ("64:ff9b::a00:5", "private"),  # NAT64 carrying 10.0.0.5
+    ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 carrying 169.254.169.254
+    ("64:ff9b:1::a00:5", "local NAT64"),  # a site's own translator
     ("::7f00:1", "reserved"),  # deprecated IPv4-compatible ::127.0.0.1
 ]
 
@@ -232,7 +257,16 @@ def test_non_public_addresses_are_refused(address: str, kind: str) -> None:
     assert address_problem(ipaddress.ip_address(address)) == kind
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2001:4860:4860::8888"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "8.8.8.8",
+        "1.1.1.1",
+        "2001:4860:4860::8888",
+        "64:ff9b::808:808",  # NAT64 carrying 8.8.8.8: IPv6-only hosts behind DNS64 still work
+        "2002:808:808::",  # 6to4 carrying 8.8.8.8
+    ],
+)
 def test_public_addresses_pass(address: str) -> None:
     assert address_problem(ipaddress.ip_address(address)) is None
 
@@ -274,6 +308,13 @@ def test_policy_parses_networks_and_names_a_bad_one() -> None:
         ("//127.0.0.1/x", "is not an http(s) URL"),
         ("http:///x", "without a host"),
         ("http://[::1/", "is not a valid URL"),
+        ("http://127.0.0.1:99999/", "is not a valid URL (port 99999 is out of range)"),
+        ("http://127.0.0.1:0/", "is not a valid URL (port 0 is out of range)"),
+        ("http://0177.0.0.1/", "is not a valid URL"),  # octal: the parser refuses it
+        ("http://127.0.0.1\x00.example/", "is not a valid URL"),  # NUL
+        ("http://xn--/", "is not a valid URL"),  # a malformed IDNA label
+        ("http://\u24db\u24de\u24d2\u24d0\u24db\u24d7\u24de\u24e2\u24e3/", "is not a valid URL"),
+        ("http://\uff11\uff12\uff17.0.0.1/", "is not a valid URL"),  # full-width digits
     ],
 )
 def test_non_http_urls_refused(url: str, message: str) -> None:
@@ -411,6 +452,90 @@ def test_redirect_message_hides_query(server: Server) -> None:
     assert "secret" not in message
 
 
+# --- host spellings, userinfo, international names, lookups ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("2130706433", "127.0.0.1"),  # decimal
+        ("0x7f.1", "127.0.0.1"),  # hex, short form
+        ("127.1", "127.0.0.1"),  # short form
+        ("0", "0.0.0.0"),
+    ],
+)
+def test_numeric_host_spellings_are_judged_by_the_address_they_resolve_to(
+    server: Server, host: str, address: str
+) -> None:
+    """The URL parser takes these for names, the system resolver for addresses: the resolved
+    address is what is judged (and dialled), so they are refused like the address itself."""
+    url = server.url("/ok", host=host)
+    before = len(server.seen)
+    assert f"resolves to {address}, a " in refused(OutboundPolicy(), "fetch", url)
+    assert len(server.seen) == before
+    if address == "127.0.0.1":  # they really lead to the local server once loopback is allowed
+        assert call(LOOPBACK, "fetch", url) == b"hello world"
+
+
+def test_userinfo_neither_hides_the_host_nor_is_sent(server: Server) -> None:
+    tricked = server.url("/ok", host="images.example@127.0.0.1")
+    assert "resolves to 127.0.0.1, a loopback" in refused(OutboundPolicy(), "fetch", tricked)
+    dns = FakeDNS({"images.example": ["127.0.0.1"]})
+    url = server.url("/host", host="user:secret@images.example")
+    assert call(LOOPBACK, "fetch", url, resolver=dns) == f"images.example:{server.port}".encode()
+    assert dns.lookups == ["images.example"]
+    assert "Authorization" not in server.seen[-1].headers
+    message = refused(LOOPBACK, "fetch", server.url("/status/404", host="user:secret@127.0.0.1"))
+    assert "secret" not in message
+
+
+def test_international_names_are_resolved_as_their_a_label(server: Server) -> None:
+    dns = FakeDNS({"xn--bcher-kva.example": ["127.0.0.1"]})
+    url = server.url("/ok", host="b\u00fccher.example")
+    assert "a loopback address" in refused(OutboundPolicy(), "fetch", url, resolver=dns)
+    assert dns.lookups == ["xn--bcher-kva.example"]
+
+
+def test_redirect_to_a_numeric_loopback_spelling_refused(server: Server) -> None:
+    only_this_host = OutboundPolicy.from_strings(["127.0.0.1"])
+    location = f"http://2130706434:{server.port}/ok"  # 127.0.0.2
+    message = refused(only_this_host, "fetch", server.url(f"/redirect?to={location}"))
+    assert message.startswith(f"redirects to {location}, which resolves to 127.0.0.2, a loopback")
+
+
+def test_redirect_to_an_invalid_port_refused(server: Server) -> None:
+    message = refused(LOOPBACK, "fetch", server.url("/redirect?to=http://127.0.0.1:99999/"))
+    assert message == (
+        "redirects to http://127.0.0.1:99999/, which is not a valid URL (port 99999 is out of "
+        "range)"
+    )
+
+
+def test_lookups_do_not_use_the_shared_default_executor() -> None:
+    """A slow name server (a client picks it by its URL's host) must not tie up the threads
+    that image decoding and result files share."""
+
+    class Refusing(ThreadPoolExecutor):
+        def submit(self, *args: Any, **kw: Any) -> Any:
+            raise AssertionError("a lookup ran on the default executor")
+
+    async def go() -> list[str]:
+        asyncio.get_running_loop().set_default_executor(Refusing(1))
+        return await system_resolve("localhost", 80)
+
+    assert "127.0.0.1" in asyncio.run(go())
+
+
+def test_an_unforeseen_error_is_still_an_outbound_error(server: Server) -> None:
+    class BrokenDNS(FakeDNS):
+        async def __call__(self, host: str, port: int) -> list[str]:
+            raise RuntimeError("resolver bug")
+
+    url = server.url("/ok", host="images.example")
+    message = refused(LOOPBACK, "fetch", url, resolver=BrokenDNS({}))
+    assert message == "could not be reached (RuntimeError)"
+
+
 # --- size, time, status -----------------------------------------------------------------------
 
 
@@ -432,7 +557,25 @@ def test_chunked_body_cut_at_the_cap(server: Server) -> None:
     assert call(policy, "fetch", server.url("/chunked/4")) == b"y" * 4000
     assert refused(policy, "fetch", server.url("/chunked/500")) == "is larger than 4 KiB"
     # The default cap, as the operator reads it.
-    assert refused(LOOPBACK, "fetch", server.url("/declared-huge")) == "is larger than 40 MiB"
+    default = OutboundPolicy().max_bytes // (1024 * 1024)
+    message = refused(LOOPBACK, "fetch", server.url("/declared-huge"))
+    assert message == f"is larger than {default} MiB"
+
+
+def test_dripping_server_times_out(server: Server) -> None:
+    """Slow loris: bytes keep coming, too slowly; the one deadline covers the whole body."""
+    policy = OutboundPolicy(allow=LOOPBACK.allow, timeout_s=0.5)
+    started = time.monotonic()
+    assert refused(policy, "fetch", server.url("/drip")) == "timed out after 0.5 s"
+    assert time.monotonic() - started < 2
+
+
+def test_compressed_body_is_neither_asked_for_nor_inflated(server: Server) -> None:
+    """A gzip bomb arrives as what it is on the wire (a few KiB, counted against the cap); the
+    image decoder then refuses it as not an image."""
+    policy = OutboundPolicy(allow=LOOPBACK.allow, max_bytes=len(GZIP_BOMB))
+    assert call(policy, "fetch", server.url("/gzip")) == GZIP_BOMB
+    assert server.seen[-1].headers["Accept-Encoding"] == "identity"
 
 
 def test_slow_server_times_out(server: Server) -> None:

@@ -11,13 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from server.limits import Limits
 from server.runware.common import Reply
 from server.runware.errors import RunwareError
 from server.runware.legacy.translate import (
+    ErrorId,
+    Kind,
     LegacyError,
     LegacyTask,
     NewConnection,
     Ping,
+    error_frame,
     error_frame_from_current,
     invalid_api_key_frame,
     legacy_reply,
@@ -25,6 +29,7 @@ from server.runware.legacy.translate import (
     pong_reply,
     session_reply,
 )
+from server.runware.throttle import named_tasks, over_rate_error, oversized_error
 
 if TYPE_CHECKING:
     from server.runware.router import RunwareConnection
@@ -34,14 +39,21 @@ class LegacyProtocol:
     def __init__(self, connection: RunwareConnection) -> None:
         self.connection = connection
 
-    def handle(self, message: dict[str, Any]) -> None:
+    def handle(self, message: dict[str, Any], admitted: bool = True) -> None:
+        """Answer one legacy message; `admitted` False: it is over the socket's message rate,
+        so anything but a ping is refused (errorId SERVER_BUSY, with its taskUUID)."""
         try:
+            _check_prompt(message, self.connection.limits)
             parsed = parse_message(message)
         except LegacyError as error:
             self.connection.send(error.frame())
             return
         if isinstance(parsed, Ping):
             self.connection.send(pong_reply())
+        elif not admitted:
+            uuid = parsed.task_uuid if isinstance(parsed, LegacyTask) else None
+            message_text = over_rate_error(self.connection.limits).message
+            self.connection.send(error_frame(message_text, ErrorId.SERVER_BUSY, uuid))
         elif isinstance(parsed, NewConnection):
             try:
                 self.connection.open_session(parsed.api_key, parsed.session_uuid, session_reply)
@@ -49,6 +61,25 @@ class LegacyProtocol:
                 self.connection.send(invalid_api_key_frame())
         else:
             self.connection.start(parsed.task, _renderer(parsed))
+
+    def refuse_oversized(self, text: str, size: int) -> None:
+        """Answer a legacy frame over the size limit, unparsed: one error frame per taskUUID
+        found in it (errorId INVALID_MESSAGE)."""
+        error = oversized_error(size, self.connection.limits)
+        uuids, _ = named_tasks(text)
+        for uuid in uuids or [None]:
+            self.connection.send(error_frame(error.message, ErrorId.INVALID_MESSAGE, uuid))
+
+
+def _check_prompt(message: dict[str, Any], limits: Limits) -> None:
+    """A newTask's promptText within max_prompt_chars (LegacyError naming it otherwise). The
+    prompt a style template makes of it is checked again as imageInference's positivePrompt."""
+    body = message.get(Kind.NEW_TASK.value)
+    text = body.get("promptText") if isinstance(body, dict) else None
+    problem = limits.prompt_problem(text) if isinstance(text, str) else None
+    if problem is not None:
+        uuid = body.get("taskUUID") if isinstance(body.get("taskUUID"), str) else None
+        raise LegacyError(f"promptText {problem}", uuid)
 
 
 def _renderer(task: LegacyTask) -> Callable[[Reply], list[dict[str, Any]]]:

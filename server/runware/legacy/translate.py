@@ -105,6 +105,10 @@ CURRENT_ERROR_IDS: Mapping[str, ErrorId] = MappingProxyType(
         "interrupted": ErrorId.TASK_FAILED,
         "deliveryFailed": ErrorId.TASK_FAILED,
         "internalError": ErrorId.INTERNAL_ERROR,
+        "payloadTooLarge": ErrorId.INVALID_MESSAGE,
+        "tooManyMessages": ErrorId.SERVER_BUSY,
+        "rateLimitExceeded": ErrorId.SERVER_BUSY,
+        "concurrentTaskLimitExceeded": ErrorId.SERVER_BUSY,
     }
 )
 INVALID_API_KEY_MESSAGE = "Invalid api key"  # the protocol's own wording
