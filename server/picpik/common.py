@@ -12,7 +12,7 @@ from PIL.Image import Image
 from pydantic import BaseModel, ValidationError
 
 from pipelines.jobs import Job
-from server.images import ImageDecodeError, decode_base64_image
+from server.images import ImageDecodeError, PixelBudget, decode_base64_image
 from server.limits import Limits
 from server.picpik.errors import PicpikError, RetCode
 from server.summary import job_summary
@@ -65,15 +65,18 @@ def parse(model: type[W], body: dict[str, Any]) -> W:
         ) from None
 
 
-async def decode_image(data: str, field: str, limits: Limits) -> Image:
-    """A base64 image field, decoded off the event loop within the server's image limits;
-    INVALID_IMAGE naming the field."""
+async def decode_image(
+    data: str, field: str, limits: Limits, budget: PixelBudget | None = None
+) -> Image:
+    """A base64 image field, decoded off the event loop within the server's image limits (and
+    the request's budget, for lists of images); INVALID_IMAGE naming the field."""
     try:
         return await asyncio.to_thread(
             decode_base64_image,
             data,
             max_bytes=limits.max_image_bytes,
             max_pixels=limits.max_image_pixels,
+            budget=budget,
         )
     except ImageDecodeError as error:
         raise PicpikError(RetCode.INVALID_IMAGE, f"{field} {error}") from None

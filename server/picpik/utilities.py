@@ -20,6 +20,7 @@ from typing import Any
 from PIL.Image import Image
 
 from pipelines.jobs import BackgroundRemovalJob, Box, CaptionJob, Job, UpscaleJob
+from server.images import PixelBudget
 from server.limits import Limits
 from server.picpik import protocol as wire
 from server.picpik.common import Caller, Handler, Submit, decode_image, parse
@@ -54,8 +55,9 @@ class UtilityActions:
         self, body: dict[str, Any], caller: Caller
     ) -> dict[str, Any]:
         req = parse(wire.RemoveBackgroundsInBatchRequest, body)
+        budget = PixelBudget(self.limits.max_request_pixels)
         images = [
-            await decode_image(data, f"RawImageList[{i}]", self.limits)
+            await decode_image(data, f"RawImageList[{i}]", self.limits, budget)
             for i, data in enumerate(req.RawImageList)
         ]
         return self._queue(req.Action, _background_job(req, tuple(images), caller), caller)
@@ -79,8 +81,9 @@ class UtilityActions:
                 RetCode.INVALID_PARAMETER,
                 "invalid TranslateDescription: a two-letter language code such as 'de' or 'zh'",
             )
+        budget = PixelBudget(self.limits.max_request_pixels)
         images = [
-            await decode_image(data, f"ImageList[{i}]", self.limits)
+            await decode_image(data, f"ImageList[{i}]", self.limits, budget)
             for i, data in enumerate(req.ImageList)
         ]
         job = CaptionJob(

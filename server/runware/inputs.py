@@ -13,7 +13,12 @@ import re
 
 from PIL import Image
 
-from server.images import ImageDecodeError, decode_base64_image, decode_image_bytes
+from server.images import (
+    ImageDecodeError,
+    PixelBudget,
+    decode_base64_image,
+    decode_image_bytes,
+)
 from server.limits import Limits
 from server.outbound import Outbound, OutboundError
 from server.results import PNG, ResultStore
@@ -41,23 +46,27 @@ class ImageInputs:
         value = value.strip()
         return value.lower() if _UUID.match(value) else None
 
-    async def load(self, value: str, parameter: str, owner: str) -> Image.Image:
+    async def load(
+        self, value: str, parameter: str, owner: str, budget: PixelBudget | None = None
+    ) -> Image.Image:
+        """The image a field names; `budget` bounds the pixels of a list of images together."""
         value = value.strip()
         image_id = self.uuid_of(value)
         if image_id is not None:
-            return await asyncio.to_thread(self._stored, image_id, parameter, owner)
+            return await asyncio.to_thread(self._stored, image_id, parameter, owner, budget)
         if _URL.match(value):
             try:
                 data = await self.outbound.fetch(value)
             except OutboundError as error:
                 raise RunwareError(Code.INVALID_IMAGE, f"{parameter} {error}", parameter) from None
-            return await asyncio.to_thread(self._decode_bytes, data, parameter)
+            return await asyncio.to_thread(self._decode_bytes, data, parameter, budget)
         try:
             return await asyncio.to_thread(
                 decode_base64_image,
                 value,
                 max_bytes=self.limits.max_image_bytes,
                 max_pixels=self.limits.max_image_pixels,
+                budget=budget,
             )
         except ImageDecodeError as error:
             raise RunwareError(
@@ -79,7 +88,9 @@ class ImageInputs:
         """Whether the stored image exists and belongs to `owner`."""
         return self.results.owner_of(image_id) == owner
 
-    def _stored(self, image_id: str, parameter: str, owner: str) -> Image.Image:
+    def _stored(
+        self, image_id: str, parameter: str, owner: str, budget: PixelBudget | None
+    ) -> Image.Image:
         found = self.results.read(image_id) if self.owns(image_id, owner) else None
         if found is None:
             raise RunwareError(
@@ -88,11 +99,13 @@ class ImageInputs:
                 "for a limited time)",
                 parameter,
             )
-        return self._decode_bytes(found[0], parameter)
+        return self._decode_bytes(found[0], parameter, budget)
 
-    def _decode_bytes(self, data: bytes, parameter: str) -> Image.Image:
+    def _decode_bytes(
+        self, data: bytes, parameter: str, budget: PixelBudget | None = None
+    ) -> Image.Image:
         """A fetched or stored image file, within max_image_pixels."""
         try:
-            return decode_image_bytes(data, max_pixels=self.limits.max_image_pixels)
+            return decode_image_bytes(data, max_pixels=self.limits.max_image_pixels, budget=budget)
         except ImageDecodeError as error:
             raise RunwareError(Code.INVALID_IMAGE, f"{parameter} {error}", parameter) from None

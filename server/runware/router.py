@@ -29,6 +29,11 @@ from server.runware.throttle import MessageBucket, frame_size, over_rate_error, 
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT_S = 120.0  # a socket with no message for this long is closed
+# Backpressure: with this many frames waiting to be written (a client that sends but does not
+# read), the socket is not read again until its queue is down to PENDING_LOW_WATER, so a ping
+# flood cannot grow the server's memory; a client that reads nothing for IDLE_TIMEOUT_S is cut.
+MAX_PENDING_FRAMES = 256
+PENDING_LOW_WATER = 64
 AUTH_TASK = "authentication"
 # HTTP status of a REST reply with errors: the first code found in this order decides.
 REST_STATUS: tuple[tuple[frozenset[Code], int], ...] = (
@@ -89,6 +94,9 @@ class RunwareConnection:
         writer = asyncio.get_running_loop().create_task(self._write())
         try:
             while True:
+                if self.outgoing.qsize() >= MAX_PENDING_FRAMES and not await self._drained(writer):
+                    await self.socket.close(code=1008, reason="replies are not being read")
+                    return
                 try:
                     message = await asyncio.wait_for(self.socket.receive(), IDLE_TIMEOUT_S)
                 except TimeoutError:
@@ -108,6 +116,16 @@ class RunwareConnection:
             if self.session is not None:
                 self.sessions.detach(self.session, self.send)
                 self.sessions.keep(self.session, self._take_outgoing())
+
+    async def _drained(self, writer: asyncio.Task[None]) -> bool:
+        """Wait until the client has read enough replies to go on reading from it; False when
+        it does not within IDLE_TIMEOUT_S, or the socket is gone."""
+        deadline = asyncio.get_running_loop().time() + IDLE_TIMEOUT_S
+        while self.outgoing.qsize() > PENDING_LOW_WATER:
+            if writer.done() or asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     def _take_outgoing(self) -> list[dict[str, Any]]:
         """Empty the outgoing queue: the frames not yet written, in order."""

@@ -25,6 +25,7 @@ from pipelines.jobs import (
     PromptEnhanceJob,
     UpscaleJob,
 )
+from server.images import PixelBudget
 from server.results import Encoding, ImageFormat
 from server.runware import protocol as wire
 from server.runware.common import Caller
@@ -104,9 +105,13 @@ class UtilityTasks:
         sources = req.inputImages or ([req.inputImage] if req.inputImage else [])
         if not sources:
             raise _missing("inputImage")
+        budget = PixelBudget(self.service.limits.max_request_pixels)
         images = [
             await self.service.inputs.load(
-                source, f"inputImages[{i}]" if req.inputImages else "inputImage", caller.owner
+                source,
+                f"inputImages[{i}]" if req.inputImages else "inputImage",
+                caller.owner,
+                budget,
             )
             for i, source in enumerate(sources)
         ]
