@@ -8,7 +8,8 @@ a GPU worker writes the record in Redis, and the replica that accepted the task 
 (server.cluster.dispatch.BrokerDispatcher).
 
 On one machine every accepted job is also journaled (server.journal) until its record is final:
-after a crash or a shutdown, the next start runs it again under the same task id.
+after a crash or a shutdown, the next start runs it again under the same task id. A job that a
+shutdown cuts short leaves its record unfinished, and its follower ends cancelled.
 """
 
 from __future__ import annotations
@@ -23,23 +24,24 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pipelines.engine import Engine
-from pipelines.handle import JobHandle
+from pipelines.handle import CANCELLED_BY_REQUEST, JobHandle
 from pipelines.job_codec import JobCodecError, decode_job, encode_job
 from pipelines.jobs import ErrorCode, Job, JobError
 from server.journal import JobJournal, JournalError
 from server.results import PNG, Encoding, FileResultStore, ResultStore
 from server.settings import Settings
-from server.taskstore import SqliteTaskStore, TaskStore
+from server.taskstore import SqliteTaskStore, TaskStatus, TaskStore
 from server.tracking import TaskTracker
 
 log = logging.getLogger(__name__)
 
 # How a front end delivers the result of a task that runs again after a restart: called with
 # the task id, the delivery dict it gave submit, and the new follower (ends with the record).
-ResumeDelivery = Callable[[str, dict[str, Any], "asyncio.Task[None]"], None]
+ResumeDelivery = Callable[[str, dict[str, Any], asyncio.Task[None]], None]
 
 JOURNAL_FILE = "journal.sqlite3"
 BACKLOG_POLL_S = 0.2  # how often re-queued jobs that found the queue full try again
+MAX_CUT_SHORT = 3  # runs cut by a crash or shutdown before a task is failed (a crash loop)
 DRAIN_S = 10.0  # at shutdown, how long finished jobs may take to store their images
 UNRECORDED = "the server stopped before the task was recorded for a re-run: submit it again"
 
@@ -173,11 +175,14 @@ class LocalDispatcher:
         return self._follow(task_id, handle, encoding)
 
     def _follow(self, task_id: str, handle: JobHandle, encoding: Encoding) -> asyncio.Task[None]:
+        """A task the front end may await (and cancel: a request given up) without cutting
+        the bookkeeping, which goes on to the end in tasks of its own."""
+        loop = asyncio.get_running_loop()
         tracked = self.tracker.follow(task_id, handle, encoding)
-        follower = asyncio.get_running_loop().create_task(self._settle(task_id, tracked))
-        self._followers.add(follower)
-        follower.add_done_callback(self._followers.discard)
-        return follower
+        settled = loop.create_task(self._settle(task_id, tracked))
+        self._followers.add(settled)
+        settled.add_done_callback(self._followers.discard)
+        return loop.create_task(_shielded(settled))
 
     async def _settle(self, task_id: str, tracked: asyncio.Task[None]) -> None:
         """Drop the journal entry once the record is final. A job cut short by a shutdown
@@ -194,6 +199,11 @@ class LocalDispatcher:
         self.journal.remove(task_id)
 
     def cancel(self, task_id: str) -> bool:
+        for requeued in self._backlog:  # re-queued after a restart, still waiting for room
+            if requeued.task_id == task_id:
+                self._backlog.remove(requeued)
+                self._give_up(task_id, CANCELLED_BY_REQUEST)
+                return True
         return self.engine.cancel(task_id)
 
     def stats(self) -> dict[str, Any]:
@@ -232,6 +242,12 @@ class LocalDispatcher:
         if record is None or record.status.ended:
             self.journal.remove(task_id)
             return None
+        if record.status is TaskStatus.RUNNING:  # it was running when the process stopped
+            runs = self.journal.cut_short(task_id)
+            if runs >= MAX_CUT_SHORT:
+                message = f"the server stopped {runs} times while running this task: giving up"
+                self._give_up(task_id, JobError(ErrorCode.INTERNAL, message))
+                return None
         try:
             entry = self.journal.get(task_id)
             if entry is None:
@@ -280,9 +296,13 @@ class LocalDispatcher:
             log.exception("task %s: cannot resume its delivery", requeued.task_id)
 
     def _give_up(self, task_id: str, error: JobError) -> None:
-        log.warning("task %s cannot run again after the restart: %s", task_id, error.message)
+        log.warning("task %s does not run again after the restart: %s", task_id, error.message)
         self.store.fail(task_id, error.code.value, error.message)
         self.journal.remove(task_id)
+
+
+async def _shielded(work: asyncio.Task[None]) -> None:
+    await asyncio.shield(work)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The job journal: every accepted task's job, kept on disk until its record is final.
 
-A single server runs jobs in its own process, so a crash (kill -9, out of memory, power cut of
-the process) or a shutdown would otherwise lose every job that was queued or running: the task
+A single server runs jobs in its own process, so a crash (kill -9, the out-of-memory killer, a
+killed container) or a shutdown would otherwise lose every job that was queued or running: the task
 record says "queued" forever, or the next start fails it as interrupted. The journal keeps what
 is needed to run the job again: the job itself (pipelines.job_codec, the same JSON the cluster
 sends its workers), how its images are stored (server.results.Encoding) and, for a front end
@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS journal (
     format TEXT NOT NULL,
     quality INTEGER NOT NULL,
     delivery TEXT,
-    accepted_at REAL NOT NULL
+    accepted_at REAL NOT NULL,
+    cut_short INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -89,6 +90,19 @@ class JobJournal:
                     time.time(),
                 ),
             )
+
+    def cut_short(self, task_id: str) -> int:
+        """Count one more run of the task that the process did not survive (or that a shutdown
+        cut); the new count, 0 for an unknown task. A job that kills the server every time it
+        runs is given up after a few, instead of crashing every restart."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE journal SET cut_short = cut_short + 1 WHERE task_id = ?", (task_id,)
+            )
+            row = self._db.execute(
+                "SELECT cut_short FROM journal WHERE task_id = ?", (task_id,)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
 
     def remove(self, task_id: str) -> None:
         with self._lock:

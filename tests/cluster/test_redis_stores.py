@@ -192,6 +192,20 @@ def test_fail_delivery_flips_finished_to_error(tasks: TaskStore) -> None:
     assert tasks.get("missing") is None
 
 
+def test_requeue_moves_only_unfinished_tasks_back_to_queued(tasks: TaskStore) -> None:
+    for task_id in ("running", "queued", "done"):
+        tasks.create(_record(task_id))
+    tasks.mark_running("running")
+    tasks.set_progress("running", 0.5)
+    tasks.finish("done", ["img"], [])
+    assert tasks.requeue("running") is True and tasks.requeue("queued") is True
+    assert tasks.requeue("done") is False and tasks.requeue("missing") is False
+    assert (tasks.get("running").status, tasks.get("running").progress) == (TaskStatus.QUEUED, 0)
+    assert tasks.get("done").status is TaskStatus.FINISHED
+    assert [r.task_id for r in tasks.unfinished()] == ["running", "queued"]
+    assert tasks.get("missing") is None  # requeue never creates a record
+
+
 def test_unfinished_and_interrupt(tasks: TaskStore) -> None:
     # Created out of order: unfinished() lists oldest first.
     for task_id, owner, created_at in (("a", "x", 300.0), ("b", "y", 100.0), ("c", "x", 200.0)):

@@ -1,10 +1,11 @@
 """Crash recovery and graceful shutdown of a real single-machine `easel serve` (CPU, demo model).
 
 kill -9 during a batch: after a restart on the same data directory every accepted task ends
-Finished with its images (the same pixels as an uninterrupted run of the same seeds), none is
-stuck, lost or run twice, and a Runware webhookURL still gets its result. SIGTERM: the server
-stops accepting at once, lets the running batch finish within --shutdown-grace-s (or cuts it
-there), leaves what was waiting queued, exits, and the next start runs the rest.
+Finished with its images (those of an uninterrupted run of the same seeds, up to batching
+rounding), none is stuck, lost or run twice, and a Runware webhookURL still gets its result.
+SIGTERM: the server stops accepting at once, lets the running batch finish within
+--shutdown-grace-s (or cuts it there), leaves what was waiting queued, exits, and the next
+start runs the rest.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.picpik.errors import TaskErrorCode
 from tests.e2e.server_process import ServerProcess
 from tests.picpik_client import PicpikClient
 
 MODEL = "easel-demo"
 SIDE = 64
 STEPS = 20  # a batch takes long enough to be caught running, even on a quiet machine
-WAIT_S = 240.0  # generous: the suite shares two cores with everything else
+WAIT_S = 240.0
+# A job's pixels depend on its batch-mates by at most this (tests/pipelines/test_engine_batching):
+# a re-run batched differently than the first run is still the same image.
+BATCH_TOLERANCE = 2  # generous: the suite shares two cores with everything else
 # Two images per batch, so a kill finds one batch running and the other tasks waiting.
 SERVER_ARGS = ("--max-batch-images", "2", "--max-queue", "8", "--allow-url-net", "127.0.0.0/8")
 
@@ -175,9 +178,13 @@ def webhook() -> Iterator[Webhook]:
     hook.close()
 
 
-def journal_size(data_dir: Path) -> int:
+def journal_task_ids(data_dir: Path) -> list[str]:
     with sqlite3.connect(data_dir / "journal.sqlite3") as db:
-        return int(db.execute("SELECT COUNT(*) FROM journal").fetchone()[0])
+        return [row[0] for row in db.execute("SELECT task_id FROM journal ORDER BY accepted_at")]
+
+
+def journal_size(data_dir: Path) -> int:
+    return len(journal_task_ids(data_dir))
 
 
 # --- kill -9 ---
@@ -186,8 +193,7 @@ def journal_size(data_dir: Path) -> int:
 def test_kill_9_during_a_batch_loses_no_accepted_task(tmp_path: Path, webhook: Webhook) -> None:
     data_dir = tmp_path / "data"
     tasks = Tasks()
-    server = ServerProcess(data_dir, *SERVER_ARGS).start()
-    try:
+    with ServerProcess(data_dir, *SERVER_ARGS) as server:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             first = picpik_submit(http, 101)  # the first batch: these two
             tasks.picpik = {first: 101, picpik_submit(http, 102): 102}
@@ -195,7 +201,6 @@ def test_kill_9_during_a_batch_loses_no_accepted_task(tmp_path: Path, webhook: W
             tasks.runware = {hooked: 201, runware_submit(http, 202): 202}
             until(lambda: picpik_detail(http, first)["Progress"] > 0, what="a running batch")
             before = tasks.states(http)
-    finally:
         server.stop(signal.SIGKILL)
     assert server.process is not None and server.process.returncode == -signal.SIGKILL
     assert "running" in before.values() and before[hooked] != "finished", before
@@ -209,15 +214,17 @@ def test_kill_9_during_a_batch_loses_no_accepted_task(tmp_path: Path, webhook: W
             assert PicpikClient(http).call("ListRunningTasks")["TaskUIDList"] == []
             until(lambda: len(webhook.received) >= 1, timeout=30, what="the webhook")
             (hooked_item,) = runware_items(http, hooked)
-            # The same seeds on a server that was never interrupted give the same pixels: for
+            # The same seeds on a server that was never interrupted give the same images: for
             # the task cut in the middle of its batch, and for one that was waiting.
             again = Tasks()
             again.picpik = {picpik_submit(http, 101): 101}
             again.runware = {runware_submit(http, 201): 201}
             reference = again.images(http)
             assert journal_size(data_dir) == 0
-    for task_id, ref_id in [(first, next(iter(again.picpik))), (hooked, next(iter(again.runware)))]:
-        assert np.array_equal(recovered[task_id][0], reference[ref_id][0]), task_id
+    pairs = [(first, next(iter(again.picpik))), (hooked, next(iter(again.runware)))]
+    for task_id, ref_id in pairs:
+        difference = np.abs(recovered[task_id][0].astype(int) - reference[ref_id][0])
+        assert difference.max() <= BATCH_TOLERANCE, task_id
     # The webhook got the re-run's result once (the first process died before sending it).
     assert [body["data"][0]["taskUUID"] for body in webhook.received] == [hooked]
     (item,) = webhook.received[0]["data"]
@@ -249,26 +256,26 @@ def test_sigterm_drains_the_running_batch_and_requeues_the_rest(tmp_path: Path) 
     data_dir = tmp_path / "data"
     # A grace period long enough for the running batch: it finishes, the waiting tasks stay.
     grace_s = 60.0
-    server = ServerProcess(data_dir, "--max-batch-images", "1", "--shutdown-grace-s", "60").start()
     tasks = Tasks()
-    with httpx.Client(base_url=server.url, timeout=30) as http:
-        running = picpik_submit(http, 301)
-        waiting = [picpik_submit(http, 302), picpik_submit(http, 303)]
-        tasks.picpik = {running: 301, waiting[0]: 302, waiting[1]: 303}
-        until(lambda: picpik_detail(http, running)["Progress"] > 0, what="a running batch")
-    took, refused = sigterm(server)
+    with ServerProcess(data_dir, "--max-batch-images", "1", "--shutdown-grace-s", "60") as server:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            running = picpik_submit(http, 301)
+            waiting = [picpik_submit(http, 302), picpik_submit(http, 303)]
+            tasks.picpik = {running: 301, waiting[0]: 302, waiting[1]: 303}
+            until(lambda: picpik_detail(http, running)["Progress"] > 0, what="a running batch")
+        took, refused = sigterm(server)
     log = server.log()
     assert took < grace_s and (refused >= 1 or took < 0.5), log
     assert f"task {running} finished" in log  # the running batch was let finish
     assert "run again at the next start: " + ", ".join(waiting) in log
 
-    # Restarted with a 1 s grace period: the waiting tasks run; then a long batch is cut.
-    restarted = ServerProcess(data_dir, "--shutdown-grace-s", "1").start()
-    with httpx.Client(base_url=restarted.url, timeout=30) as http:
-        images = tasks.images(http)  # each Finished with one image of its seed
-        cut = picpik_submit(http, 401, steps=100, side=512)  # a minute of CPU work
-        until(lambda: picpik_detail(http, cut)["Progress"] > 0, what="a long batch")
-    took, _ = sigterm(restarted)
+    # Restarted with a 1 s grace period: the waiting tasks run; then a long batch is cut there.
+    with ServerProcess(data_dir, "--shutdown-grace-s", "1") as restarted:
+        with httpx.Client(base_url=restarted.url, timeout=30) as http:
+            images = tasks.images(http)  # each Finished with one image of its seed
+            cut = picpik_submit(http, 401, steps=100, side=512)  # a minute of CPU work
+            until(lambda: picpik_detail(http, cut)["Progress"] > 0, what="a long batch")
+        took, _ = sigterm(restarted)
     log = restarted.log()
     assert took < 15, log  # 1 s of grace, then a step or two to notice the cut
     assert "after the 1 s grace period" in log and f"task {cut} queued again" not in log
@@ -276,13 +283,9 @@ def test_sigterm_drains_the_running_batch_and_requeues_the_rest(tmp_path: Path) 
     assert f"task {running} queued again" not in log
     assert all(len(found) == 1 for found in images.values())
 
-    # The cut task runs again from the start at the next start; TerminateTask settles it.
-    with ServerProcess(data_dir, "--shutdown-grace-s", "1") as third:
-        with httpx.Client(base_url=third.url, timeout=30) as http:
-            assert f"task {cut} queued again" in third.log()
-            assert picpik_detail(http, cut)["Status"] in ("Queuing", "Running")
-            terminated = PicpikClient(http).call("TerminateTask", TaskUID=cut)
-            assert terminated["RetCode"] == 0, terminated
-            until(lambda: picpik_detail(http, cut)["Status"] == "Error", timeout=60)
-            assert picpik_detail(http, cut)["ErrorCode"] == TaskErrorCode.CANCELLED
-    assert journal_size(data_dir) == 0
+    # The cut task did not fail: it is journaled, its record unfinished, so the next start runs
+    # it again as after a crash (test_kill_9_during_a_batch_loses_no_accepted_task).
+    assert journal_task_ids(data_dir) == [cut]
+    with sqlite3.connect(data_dir / "tasks.sqlite3") as db:
+        (status,) = db.execute("SELECT status FROM tasks WHERE task_id = ?", (cut,)).fetchone()
+    assert status == "running"

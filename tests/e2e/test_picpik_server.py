@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from server.picpik.errors import TaskErrorCode
 from tests.e2e.server_process import ServerProcess, free_port, run_easel
 from tests.models.tiny import SD1_LORA, write_fake_safetensors
 from tests.picpik_client import PicpikClient
@@ -64,30 +63,6 @@ def test_generate_poll_download_and_restart(tmp_path: Path) -> None:
             assert [im.tobytes() for im in _download_all(client, after)] == [
                 im.tobytes() for im in images
             ]
-
-
-def test_task_running_at_shutdown_ends_as_interrupted(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    with ServerProcess(data_dir) as server:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
-            client = PicpikClient(http)
-            reply = client.call(
-                "GenerateImages",
-                PositivePrompts=["slow"],
-                Width=512,
-                Height=512,
-                MainModel={"InferenceParams": {"Steps": 100}},
-            )
-            task_id = reply["TaskUID"]
-        # SIGTERM: uvicorn shuts down gracefully, then re-raises the signal it caught.
-        assert server.stop() in (0, -15)
-        assert "Application shutdown complete" in server.log()
-    with ServerProcess(data_dir) as server:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
-            detail = PicpikClient(http).wait(task_id, timeout=10)
-            assert detail["Status"] == "Error"
-            assert detail["ErrorCode"] == TaskErrorCode.INTERRUPTED
-            assert "shut down" in detail["ErrorMassage"]
 
 
 def test_refuses_an_open_server_on_a_public_address(tmp_path: Path) -> None:

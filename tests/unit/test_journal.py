@@ -98,21 +98,6 @@ def test_a_damaged_entry_is_a_journal_error(tmp_path: Path) -> None:
         JobJournal(path).get("a")
 
 
-def test_requeue_moves_only_unfinished_tasks_back_to_queued(tmp_path: Path) -> None:
-    store = SqliteTaskStore(tmp_path / "tasks.sqlite3")
-    for task_id in ("running", "queued", "done"):
-        store.create(TaskRecord(task_id, "picpik", "GenerateImages", ""))
-    store.mark_running("running")
-    store.set_progress("running", 0.5)
-    store.finish("done", ["img"], [])
-    assert store.requeue("running") and store.requeue("queued")
-    assert not store.requeue("done") and not store.requeue("missing")
-    running = store.get("running")
-    assert running is not None and running.status is TaskStatus.QUEUED and running.progress == 0
-    done = store.get("done")
-    assert done is not None and done.status is TaskStatus.FINISHED
-
-
 # --- the dispatcher over a scripted engine ---
 
 
@@ -237,6 +222,32 @@ def test_an_accepted_task_is_journaled_until_its_record_is_final(tmp_path: Path)
     _run(main)
 
 
+def test_a_caller_giving_up_its_wait_does_not_stop_the_bookkeeping(tmp_path: Path) -> None:
+    """A synchronous request cancelled (client gone, shutdown timeout) while its job runs on:
+    the images are still stored and the entry dropped when the job ends."""
+
+    async def main() -> None:
+        server = Server(tmp_path, ScriptedEngine())
+        await server.dispatcher.start()
+        follower = server.accept("sync", _job(1))
+        waiting = asyncio.get_running_loop().create_task(_await(follower))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        await asyncio.sleep(0.01)
+        server.engine.finish("sync")
+        await _until(lambda: len(server.journal) == 0)
+        record = server.store.get("sync")
+        assert record is not None and record.status is TaskStatus.FINISHED
+        assert len(record.image_ids) == 2
+        await server.dispatcher.stop()
+
+    _run(main)
+
+
+async def _await(task: asyncio.Task[None]) -> None:
+    await task
+
+
 def test_shutdown_leaves_unfinished_tasks_queued_and_journaled(tmp_path: Path) -> None:
     async def main() -> None:
         server = Server(tmp_path, ScriptedEngine())
@@ -244,6 +255,7 @@ def test_shutdown_leaves_unfinished_tasks_queued_and_journaled(tmp_path: Path) -
         waiting = server.accept("waiting", _job(1))
         await server.dispatcher.stop()
         assert server.engine.stopped_with == 5.0  # the batch running now gets the grace period
+        await asyncio.wait([waiting], timeout=1)
         assert waiting.cancelled()  # no answer in this process: the next one runs it
         assert server.status("waiting") is TaskStatus.QUEUED
         with pytest.raises(JobError) as refused:
@@ -331,16 +343,17 @@ def test_a_full_queue_on_restart_feeds_the_backlog_first(tmp_path: Path) -> None
         with pytest.raises(JobError) as refused:  # the tasks accepted earlier go first
             server.accept("new", _job(9))
         assert refused.value.code is ErrorCode.BUSY and "re-queueing 2" in refused.value.message
+        assert server.dispatcher.cancel("t3")  # TerminateTask reaches a task still waiting
+        assert server.status("t3") is TaskStatus.ERROR
         engine.finish("t0")
         engine.finish("t1")
-        await _until(lambda: len(engine.submitted) == 4)
-        assert [task_id for task_id, _ in engine.submitted] == ["t0", "t1", "t2", "t3"]
-        engine.finish("t2")
+        await _until(lambda: len(engine.submitted) == 3)
+        assert [task_id for task_id, _ in engine.submitted] == ["t0", "t1", "t2"]
         server.accept("new", _job(9))  # the backlog is gone: new work is welcome again
         await server.dispatcher.stop()
 
     _run(second_process)
-    assert JobJournal(tmp_path / "journal.sqlite3").task_ids() == ["t3", "new"]
+    assert JobJournal(tmp_path / "journal.sqlite3").task_ids() == ["t2", "new"]
 
 
 def test_a_rerun_resumes_its_delivery_through_the_protocols_hook(tmp_path: Path) -> None:
@@ -368,6 +381,33 @@ def test_a_rerun_resumes_its_delivery_through_the_protocols_hook(tmp_path: Path)
         await server.dispatcher.stop()
 
     _run(second_process)
+
+
+def test_a_task_that_keeps_taking_the_server_down_is_given_up(tmp_path: Path) -> None:
+    """A job running each time the process died three times is failed, not run a fourth time
+    (a crash loop); one that only waited in the queue through the restarts runs on."""
+
+    async def restart(first: bool) -> ScriptedEngine:
+        engine = ScriptedEngine()
+        server = Server(tmp_path, engine)
+        await server.dispatcher.start()
+        if first:
+            server.accept("poison", _job(1))
+            server.accept("bystander", _job(2))
+        if "poison" in engine.handles:
+            server.store.mark_running("poison")  # it was running when the process died
+        return engine
+
+    for i in range(4):  # it runs in the first three processes; the fourth gives it up
+        engine = _run(lambda i=i: restart(i == 0))
+        expected = ["poison", "bystander"] if i < 3 else ["bystander"]
+        assert [task_id for task_id, _ in engine.submitted] == expected
+    store = SqliteTaskStore(tmp_path / "tasks.sqlite3")
+    poison = store.get("poison")
+    assert poison is not None and poison.error_code == ErrorCode.INTERNAL.value
+    assert "stopped 3 times" in poison.error_message
+    bystander = store.get("bystander")
+    assert bystander is not None and bystander.status is TaskStatus.QUEUED
 
 
 def test_a_journal_that_cannot_be_written_refuses_the_task(tmp_path: Path) -> None:
