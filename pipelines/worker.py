@@ -39,6 +39,7 @@ from pipelines.batching.keys import BatchKey, BatchMode
 from pipelines.batching.stats import EngineStats
 from pipelines.denoise_loop import DenoiseLoop
 from pipelines.handle import JobHandle
+from pipelines.heap import release_free_memory
 from pipelines.jobs import (
     ErrorCode,
     GenerationJob,
@@ -169,6 +170,7 @@ class DeviceWorker(threading.Thread):
             finally:
                 with self._running_lock:
                     self._running.clear()
+                release_free_memory()  # resident memory stays flat over many batches
 
     def _holds(self, key: Hashable) -> bool:
         """Affinity: this worker has the key's checkpoint loaded."""

@@ -16,13 +16,15 @@ resident memory must stay flat once warm. The mix covers both protocols and ever
 Checks, per task: it ends exactly once (no timeout: "lost"; no second end, no frame for a task
 already answered, no image id seen twice across all tasks: "duplicated"); its outcome is the one
 expected (images: as many as asked, each downloadable at the asked size; a cancelled task ends
-cancelled; an invalid request gets its own error code); no HTTP 5xx. The server's RSS is sampled
-every second (psutil); it is "flat" when, after warm-up (the first 10 % of operations), it grew
-by at most max(5 % of the warm-up RSS, 32 MiB) by the end and the least-squares slope over the
-second half of the run is at most 10 MiB per 1000 operations.
+cancelled; an invalid request gets its own error code); no HTTP 5xx; no traceback in the
+server's log; every ping answered. The server's RSS is sampled every second (psutil); it is
+"flat" when, after warm-up (the first 10 % of operations), it grew by at most max(5 % of the
+warm-up RSS, 32 MiB) by the end and the least-squares slope over the second half of the run is
+at most 10 MiB per 1000 operations. The server runs with glibc's malloc defaults: it gives
+freed heap pages back after each batch itself (pipelines/heap.py).
 
     python scripts/soak.py                      # starts `easel serve` on a temporary data dir
-    python scripts/soak.py --tasks 2000 --clients 32 --report soak.json
+    python scripts/soak.py --tasks 2000 --clients 32 --threads 1 --report soak.json
     python scripts/soak.py --url http://127.0.0.1:7860 --pid 1234   # a running server
 
 Exit status 0 when every check passed, 1 otherwise. tests/e2e/test_soak.py runs the same code
@@ -103,6 +105,7 @@ GROWTH_LIMIT_FRACTION = 0.05
 GROWTH_LIMIT_MIB = 32.0
 SLOPE_LIMIT_MIB_PER_1000 = 10.0
 MIB = 1024 * 1024
+KEEPALIVE_S = 2.0
 
 # PICPIK requests that must be refused: (what is wrong, fields, RetCode).
 PICPIK_INVALID: tuple[tuple[str, dict[str, Any], int], ...] = (
@@ -182,6 +185,7 @@ class SoakConfig:
     ping_interval_s: float = 5.0  # each socket pings this often
     grace_s: float = 2.0  # sockets stay open this long after the last task, for stray frames
     download: bool = True  # fetch every result image and check its size
+    warmup: float = WARMUP_FRACTION  # the share of operations RSS may grow in
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,7 @@ class Target:
     pid: int | None = None  # the server's process, for the RSS samples
     credentials: Credentials = SOAK_CREDENTIALS
     log_path: Path | None = None  # the server's log: a traceback in it is a failure
+    server_env: dict[str, str] = field(default_factory=dict)  # what the soak set (reported)
 
     @property
     def ws_url(self) -> str:
@@ -540,7 +545,11 @@ class Client:
         self.ledger = ledger
         self.rng = random.Random(config.seed * 1000 + index)
         self.http = httpx.AsyncClient(
-            base_url=target.url, timeout=httpx.Timeout(config.task_timeout_s, connect=60)
+            base_url=target.url,
+            timeout=httpx.Timeout(config.task_timeout_s, connect=60),
+            # Below uvicorn's 5 s keep-alive: a connection the server is closing is never reused
+            # (with equal timeouts a request can race the close: "Server disconnected").
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S),
         )
         self.current = Socket(self, legacy=False)
         self.legacy = Socket(self, legacy=True)
@@ -1105,12 +1114,15 @@ class Sampler:
         return None if now is None or self.cpu_start is None else now - self.cpu_start
 
 
-def rss_summary(samples: list[Sample], total: int) -> dict[str, Any]:
+def rss_summary(
+    samples: list[Sample], total: int, warmup: float = WARMUP_FRACTION
+) -> dict[str, Any]:
     """Warm-up, end and max RSS and whether memory stayed flat (see the module docstring).
 
-    warm-up: the median of the samples taken while 10-15 % of the operations were done (the
-    first sample after 10 % if none); end: the median of the samples after 95 %; slope: least
-    squares of RSS against operations done over the samples of the second half."""
+    warm-up: the median of the samples taken while `warmup` to `warmup` + 5 % of the
+    operations were done (the first sample after `warmup` if none); end: the median of the
+    samples after 95 %; slope: least squares of RSS against operations done over the samples
+    of the second half."""
     points = [s for s in samples if s.rss > 0]
     if not points or total <= 0:
         return {"measured": False, "flat": True}
@@ -1118,10 +1130,13 @@ def rss_summary(samples: list[Sample], total: int) -> dict[str, Any]:
     def mib(value: float) -> float:
         return round(value / MIB, 1)
 
-    warm_window = [s.rss for s in points if WARMUP_FRACTION * total <= s.done < 0.15 * total]
-    if not warm_window:
-        warm_window = [next((s.rss for s in points if s.done >= WARMUP_FRACTION * total), 0)]
-    warm = statistics.median(warm_window) if warm_window[0] else points[0].rss
+    def at(fraction: float) -> float:
+        window = [s.rss for s in points if fraction <= s.done / total < fraction + 0.05]
+        if not window:
+            window = [next((s.rss for s in points if s.done >= fraction * total), 0)]
+        return statistics.median(window) if window[0] else points[0].rss
+
+    warm = at(warmup)
     end_window = [s.rss for s in points if s.done >= 0.95 * total] or [points[-1].rss]
     end = statistics.median(end_window)
     peak = max(s.rss for s in points)
@@ -1137,6 +1152,8 @@ def rss_summary(samples: list[Sample], total: int) -> dict[str, Any]:
     return {
         "measured": True,
         "start_mib": mib(points[0].rss),
+        "after_10pct_mib": mib(at(0.10)),
+        "warmup_fraction": warmup,
         "warmup_mib": mib(warm),
         "end_mib": mib(end),
         "max_mib": mib(peak),
@@ -1146,11 +1163,10 @@ def rss_summary(samples: list[Sample], total: int) -> dict[str, Any]:
         "second_half_slope_mib_per_1000_ops": round(slope, 2),
         "slope_limit_mib_per_1000_ops": SLOPE_LIMIT_MIB_PER_1000,
         "samples": len(points),
-        "timeline": [  # about 100 points: seconds, operations done, RSS MiB
-            [round(s.t), s.done, mib(s.rss)] for s in points[:: max(1, len(points) // 100)]
-        ],
+        "timeline": [[round(s.t, 1), s.done, mib(s.rss)] for s in points],  # s, ops, MiB
         "flat": flat,
         "criterion": (
+            f"warm-up = the first {warmup:.0%} of the operations; "
             f"flat iff end - warm-up <= max({GROWTH_LIMIT_FRACTION:.0%} of warm-up, "
             f"{GROWTH_LIMIT_MIB:g} MiB) and second-half slope <= "
             f"{SLOPE_LIMIT_MIB_PER_1000:g} MiB per 1000 operations"
@@ -1247,7 +1263,7 @@ def report(
         }
     ops = sum(ledger.op_count.values())
     images = sum(images_by_kind.values())
-    memory = rss_summary(sampler.samples, ops)
+    memory = rss_summary(sampler.samples, ops, config.warmup)
     loads = [s.load1 for s in sampler.samples]
     failures = [f"{n} {category}" for category, n in sorted(problems.items())]
     if not memory["flat"]:
@@ -1255,10 +1271,16 @@ def report(
     ends = Counter(t.ends[0] for t in ledger.tasks.values() if t.ends)
     return {
         "config": asdict(config),
-        "target": {"url": target.url, "pid": target.pid, "keyed": target.credentials.keyed},
+        "target": {
+            "url": target.url,
+            "pid": target.pid,
+            "keyed": target.credentials.keyed,
+            "server_env": target.server_env,
+        },
         "wall_s": round(wall, 1),
         "ops": ops,
         "tasks_accepted": len(ledger.tasks),
+        "requests_refused": sum(ledger.expected_errors.values()),
         "images": images,
         "downloads": ledger.downloads,
         "ops_per_s": round(ops / wall, 2),
@@ -1306,7 +1328,8 @@ def summary_table(result: dict[str, Any]) -> str:
     load = result["load"]
     lines += [
         "",
-        f"{result['ops']} operations, {result['tasks_accepted']} tasks accepted, "
+        f"{result['ops']} operations, {result['tasks_accepted']} tasks accepted and "
+        f"{result['requests_refused']} invalid ones refused, "
         f"{result['images']} images ({result['downloads']} downloaded) from "
         f"{result['config']['clients']} clients in {result['wall_s']} s: "
         f"{result['ops_per_s']} ops/s, {result['tasks_per_s']} tasks/s, "
@@ -1343,13 +1366,10 @@ def run(config: SoakConfig, target: Target) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def local_server(
-    data_dir: Path | None, extra_args: tuple[str, ...] = (), threads: int | None = None
-) -> Iterator[Target]:
+def local_server(data_dir: Path | None, env: dict[str, str] | None = None) -> Iterator[Target]:
     """A real `easel serve` on a free loopback port over `data_dir` (a temporary one when None)
-    with the soak's keys; the demo model is built on its first start. `threads` sets the
-    server's OpenMP threads: on a machine shared with other work, torch's spinning threads
-    can make every forward tens of times slower than one thread."""
+    with the soak's keys and `env` added to its environment; the demo model is built on its
+    first start."""
     from tests.e2e.server_process import ServerProcess
 
     with contextlib.ExitStack() as stack:
@@ -1358,12 +1378,23 @@ def local_server(
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         keys_file = data_dir.parent / f"{data_dir.name}-soak-keys.json"
         keys_file.write_text(json.dumps(keys_file_content()))
-        env = {"OMP_NUM_THREADS": str(threads)} if threads else None
-        server = ServerProcess(data_dir, "--keys-file", str(keys_file), *extra_args, env=env)
+        server = ServerProcess(data_dir, "--keys-file", str(keys_file), env=env)
         server.start(timeout=600)
         stack.callback(server.stop)
         assert server.process is not None
-        yield Target(server.url, server.process.pid, SOAK_CREDENTIALS, server.log_path)
+        yield Target(
+            server.url, server.process.pid, SOAK_CREDENTIALS, server.log_path, dict(env or {})
+        )
+
+
+def server_env(threads: int | None) -> dict[str, str]:
+    """The started server's extra environment. OMP_NUM_THREADS: on a machine shared with other
+    work, torch's spinning OpenMP threads can make each forward tens of times slower than one
+    thread."""
+    env: dict[str, str] = {}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1381,16 +1412,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--report", type=Path, help="write the JSON report here")
     parser.add_argument("--no-download", action="store_true", help="skip image downloads")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=WARMUP_FRACTION,
+        help="share of the operations after which RSS must stay flat",
+    )
     args = parser.parse_args(argv)
     config = SoakConfig(
-        tasks=args.tasks, clients=args.clients, seed=args.seed, download=not args.no_download
+        tasks=args.tasks,
+        clients=args.clients,
+        seed=args.seed,
+        download=not args.no_download,
+        warmup=args.warmup,
     )
     if args.url:
         public, private = args.picpik_key or (None, None)
         credentials = Credentials(public, private, args.runware_key)
         result = run(config, Target(args.url.rstrip("/"), args.pid, credentials))
     else:
-        with local_server(args.data_dir, threads=args.threads) as target:
+        env = server_env(args.threads)
+        with local_server(args.data_dir, env) as target:
             print(f"server {target.url} (pid {target.pid}) is up", file=sys.stderr)
             result = run(config, target)
     print(summary_table(result))

@@ -31,8 +31,8 @@ soak = _load()
 
 def test_small_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     config = soak.SoakConfig(tasks=120, clients=8, seed=1, task_timeout_s=120)
-    # One OpenMP thread: on a busy 2-core machine torch's spinning threads slow every forward.
-    with soak.local_server(tmp_path / "data", threads=1) as target:
+    env = soak.server_env(threads=1)  # see server_env: a busy machine
+    with soak.local_server(tmp_path / "data", env) as target:
         result = soak.run(config, target)
     summary = soak.summary_table(result)
     assert result["problems"] == [], summary
