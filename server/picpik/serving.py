@@ -7,13 +7,13 @@ field at fault. Nothing is queued unless the whole request is valid.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
 
 from pipelines.engine import Engine
 from pipelines.jobs import Job, JobError, ModelInfo
+from server import jsonbody
 from server.access import Admission, QuotaExceeded, QuotaKind
 from server.dispatch import Dispatcher
 from server.keys import KeyStore
@@ -165,7 +165,7 @@ class PicpikService:
     @staticmethod
     def _decode(raw: bytes) -> dict[str, Any]:
         try:
-            body = json.loads(raw, parse_constant=_reject_constant)
+            body = jsonbody.loads(raw, parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise PicpikError(RetCode.BAD_REQUEST, "the request body is not valid JSON") from None
         if not isinstance(body, dict):

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
+from server import jsonbody
 from server.openapi import RUNWARE_OPENAPI
 from server.runware.common import Caller, Reply
 from server.runware.errors import Code, RunwareError
@@ -181,11 +182,18 @@ class RunwareConnection:
 
         async def run() -> None:
             for frame in render(await self.service.run(task, caller)):
-                session.send(frame)
+                self._session_for(session).send(frame)
 
         running = asyncio.get_running_loop().create_task(run())
         self.tasks.add(running)
         running.add_done_callback(self.tasks.discard)
+
+    def _session_for(self, started: Session) -> Session:
+        """Where a task's frames go: the socket's session now when it is the same key's (the
+        client may have authenticated again, or resumed another session, while the task ran:
+        the old session is detached and would keep them), else the one the task started in."""
+        current = self.session
+        return current if current is not None and current.owner == started.owner else started
 
     # --- limits (server/runware/throttle.py) ---
 
@@ -208,7 +216,7 @@ class RunwareConnection:
 
     def _dispatch(self, text: str) -> None:
         try:
-            message = json.loads(text)
+            message = jsonbody.loads(text)
         except ValueError:
             self.bucket.take()
             error = RunwareError(Code.INVALID_MESSAGE, "not JSON")
@@ -273,7 +281,7 @@ def runware_router(service: RunwareService, sessions: SessionRegistry) -> APIRou
 
 async def _rest(service: RunwareService, request: Request) -> JSONResponse:
     try:
-        body = json.loads(await request.body())
+        body = jsonbody.loads(await request.body())
     except ValueError:
         error = RunwareError(Code.INVALID_MESSAGE, "the body is not JSON")
         return JSONResponse(_frame(errors=[error.item(None, None)]), status_code=400)

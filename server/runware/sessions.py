@@ -57,7 +57,7 @@ class SessionRegistry:
         return session
 
     def detach(self, session: Session, sender: Sender) -> None:
-        if session.sender is sender:
+        if session.sender == sender:  # not `is`: each `conn.send` is a new bound method
             session.sender = None
             session.detached_at = time.monotonic()
         self._expire()

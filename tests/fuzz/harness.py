@@ -8,6 +8,7 @@ operation for schemathesis) with fresh random seeds: the deep run (docs/reliabil
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -17,11 +18,17 @@ from typing import Any
 import httpx
 from hypothesis import HealthCheck, settings
 
+from server import jsonbody
+from server.picpik.signature import sign
+from server.runware.legacy.tables import SIZES
 from tests.e2e.server_process import ServerProcess
 
 DEEP_EXAMPLES = int(os.environ.get("EASEL_FUZZ_EXAMPLES", "0") or 0)
 DEMO_MODEL = "easel-demo"
-REQUEST_TIMEOUT_S = 120.0  # one answer; a valid job may wait behind the queue's others
+PICPIK_PUBLIC_KEY, PICPIK_PRIVATE_KEY = "fuzz-public", "fuzz-private"
+RUNWARE_API_KEY = "fuzz-runware-key"
+RUNWARE_AUTH = {"authorization": "Bearer " + RUNWARE_API_KEY}
+REQUEST_TIMEOUT_S = 60.0  # one answer; a valid job may wait behind the queue's others
 PICPIK_INTERNAL_ERROR = 10000  # server/picpik/errors.py RetCode.INTERNAL_ERROR
 PICPIK_BUSY = 10050  # RetCode.SERVER_BUSY
 RUNWARE_INTERNAL_ERROR = "internalError"
@@ -34,7 +41,7 @@ def fuzz_settings(ci_examples: int) -> settings:
     return settings(
         max_examples=DEEP_EXAMPLES or ci_examples,
         derandomize=not DEEP_EXAMPLES,
-        database=None,  # nothing written into the checkout
+        database=None,  # no example database: CI reruns the same examples anyway
         deadline=None,  # a real server on a shared CPU: latency is not what is tested
         suppress_health_check=list(HealthCheck),
         print_blob=True,
@@ -60,12 +67,17 @@ RUNWARE_RANGES: Mapping[str, tuple[float, float]] = {
     "numberResults": (1, 20),
     "promptVersions": (1, 5),
 }
+# A legacy newTask is 512x512 at least (sizeId 1), and 20 steps unless it says; the larger
+# sizeIds become 1 (the unknown ones stay: they must be refused).
+LEGACY_RANGES: Mapping[str, tuple[float, float]] = {"steps": (1, 100), "numberResults": (1, 20)}
+LEGACY_LARGER_SIZES = frozenset(SIZES) - {1}
 # Sizes a generation would otherwise default to (PICPIK 1024x1024, Runware 512x512).
 PICPIK_GENERATION = frozenset(
     {"GenerateImages", "ModifyMaskedPixels", "ApplyReferenceStyle", "GenerateBackgrounds"}
 )
 PICPIK_DEFAULTS = {"Width": 64, "Height": 64}
 RUNWARE_DEFAULTS = {"width": 64, "height": 64, "steps": 1}
+LEGACY_DEFAULTS = {"steps": 1}
 
 
 def shrink(value: Any, ranges: Mapping[str, tuple[float, float]]) -> Any:
@@ -110,9 +122,30 @@ def tiny_runware(body: Any) -> Any:
     return body
 
 
+def tiny_legacy(message: Any) -> Any:
+    if isinstance(message, dict) and isinstance(message.get("newTask"), dict):
+        task = _with_defaults(shrink(message["newTask"], LEGACY_RANGES), LEGACY_DEFAULTS)
+        size = task.get("sizeId")
+        if _in_range(size, (1, max(SIZES))) and size in LEGACY_LARGER_SIZES:
+            task["sizeId"] = 1
+        return {**message, "newTask": task}
+    return message
+
+
 def _with_defaults(body: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """Small values for the fields that are absent (null is absent too)."""
     return {**body, **{key: value for key, value in defaults.items() if body.get(key) is None}}
+
+
+def signed(body: Any) -> Any:
+    """A PICPIK body with the fuzz key's PublicKey and a valid Signature (anything but an
+    object is left as it is). Signed as the server reads it (a lone surrogate is U+FFFD there,
+    as a JavaScript client's encoder writes it)."""
+    if not isinstance(body, dict):
+        return body
+    body = {**body, "PublicKey": PICPIK_PUBLIC_KEY}
+    as_read = jsonbody.loads(json.dumps(body))
+    return {**body, "Signature": sign(as_read, PICPIK_PRIVATE_KEY)}
 
 
 # --- checks ------------------------------------------------------------------------------------
@@ -182,6 +215,10 @@ def assert_generates(server: ServerProcess, deadline_s: float = 180.0) -> None:
     deadline = time.monotonic() + deadline_s
     with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
+        # The fuzzed PICPIK tasks still queued go: waiting for them tests nothing.
+        listed = client.post("/", json=signed({"Action": "ListRunningTasks"})).json()
+        for task_id in listed["TaskUIDList"]:
+            client.post("/", json=signed({"Action": "TerminateTask", "TaskUID": task_id}))
         task = {
             "taskType": "imageInference",
             "positivePrompt": "a red fox in the snow",
@@ -193,7 +230,8 @@ def assert_generates(server: ServerProcess, deadline_s: float = 180.0) -> None:
             "outputFormat": "PNG",
         }
         while True:
-            response = client.post("/v1", json=[{**task, "taskUUID": str(uuid.uuid4())}])
+            task["taskUUID"] = str(uuid.uuid4())
+            response = client.post("/v1", json=[task], headers=RUNWARE_AUTH)
             body = response.json()
             if response.status_code != 429 or time.monotonic() > deadline:
                 break
@@ -209,14 +247,14 @@ def assert_generates(server: ServerProcess, deadline_s: float = 180.0) -> None:
             "Height": 64,
         }
         while True:
-            answer = client.post("/", json=request).json()
+            answer = client.post("/", json=signed(request)).json()
             if answer["RetCode"] != PICPIK_BUSY or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         assert answer["RetCode"] == 0, answer
         query = {"Action": "ListTasksDetails", "TaskUIDList": [answer["TaskUID"]]}
         while True:
-            (detail,) = client.post("/", json=query).json()["TaskDetailList"]
+            (detail,) = client.post("/", json=signed(query)).json()["TaskDetailList"]
             if detail["Status"] in ("Finished", "Error") or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
