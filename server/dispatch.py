@@ -30,7 +30,7 @@ from pipelines.jobs import ErrorCode, Job, JobError
 from server.journal import JobJournal, JournalError
 from server.results import PNG, Encoding, FileResultStore, ResultStore
 from server.settings import Settings
-from server.taskstore import SqliteTaskStore, TaskStatus, TaskStore
+from server.taskstore import SqliteTaskStore, TaskStatus, TaskStore, interrupt_unfinished
 from server.tracking import TaskTracker
 
 log = logging.getLogger(__name__)
@@ -215,10 +215,9 @@ class LocalDispatcher:
         """Queue again every journaled task whose record is unfinished (oldest first); fail
         unfinished records without an entry as interrupted; drop entries of ended tasks."""
         journaled = self.journal.task_ids()
-        known = set(journaled)
-        interrupted = [r.task_id for r in self.store.unfinished() if r.task_id not in known]
-        for task_id in interrupted:
-            self.store.fail(task_id, ErrorCode.INTERRUPTED.value, UNRECORDED)
+        interrupted = interrupt_unfinished(
+            self.store, ErrorCode.INTERRUPTED.value, UNRECORDED, keep=set(journaled)
+        )
         if interrupted:
             log.warning("%d unfinished task(s) had no journal entry: failed", len(interrupted))
         for task_id in journaled:

@@ -6,6 +6,7 @@ error code are the engine's vocabulary, and each front end renders them in its o
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -89,9 +90,15 @@ class TaskStore(Protocol):
     def close(self) -> None: ...
 
 
-def interrupt_unfinished(store: TaskStore, error_code: str, error_message: str) -> list[str]:
-    """End every task a previous process left queued or running (any store); their ids."""
-    ids = [record.task_id for record in store.unfinished()]
+def interrupt_unfinished(
+    store: TaskStore,
+    error_code: str,
+    error_message: str,
+    keep: Collection[str] = (),
+) -> list[str]:
+    """End every task a previous process left queued or running (any store), except those in
+    `keep` (tasks that will run again); their ids."""
+    ids = [record.task_id for record in store.unfinished() if record.task_id not in keep]
     for task_id in ids:
         store.fail(task_id, error_code, error_message)
     return ids
