@@ -138,6 +138,15 @@ def uuids() -> st.SearchStrategy[Any]:
 
 
 # Values for Runware fields by name (any task type); other fields get JUNK.
+# The optional fields of a ControlNet unit, alike in the current and the legacy protocol.
+CONTROL_UNIT_FIELDS: Mapping[str, st.SearchStrategy[Any]] = {
+    "weight": NUMBERS,
+    "startStep": NUMBERS,
+    "endStep": NUMBERS,
+    "startStepPercentage": NUMBERS,
+    "endStepPercentage": NUMBERS,
+    "controlMode": choice(["balanced", "prompt", "controlnet"]),
+}
 RUNWARE_FIELDS: Mapping[str, st.SearchStrategy[Any]] = {
     "taskUUID": uuids(),
     "positivePrompt": TEXT,
@@ -201,14 +210,7 @@ RUNWARE_FIELDS: Mapping[str, st.SearchStrategy[Any]] = {
     "controlNet": st.lists(
         st.fixed_dictionaries(
             {"model": choice(["legacy-controlnet:canny", "civitai:1@1"]), "guideImage": IMAGES},
-            optional={
-                "weight": NUMBERS,
-                "startStep": NUMBERS,
-                "endStep": NUMBERS,
-                "startStepPercentage": NUMBERS,
-                "endStepPercentage": NUMBERS,
-                "controlMode": choice(["balanced", "prompt", "controlnet"]),
-            },
+            optional=CONTROL_UNIT_FIELDS,
         ),
         max_size=4,
     )
@@ -350,12 +352,7 @@ LEGACY_FIELDS: Mapping[str, st.SearchStrategy[Any]] = {
             optional={
                 "guideImageUUID": IMAGES,
                 "guideImageUrl": IMAGES,
-                "weight": NUMBERS,
-                "startStep": NUMBERS,
-                "endStep": NUMBERS,
-                "startStepPercentage": NUMBERS,
-                "endStepPercentage": NUMBERS,
-                "controlMode": choice(["balanced", "prompt", "controlnet"]),
+                **CONTROL_UNIT_FIELDS,
             },
         ),
         max_size=4,
