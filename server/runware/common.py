@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 PROTOCOL = "runware"
-
-
-@dataclass(frozen=True)
-class Caller:
-    owner: str  # the API key's owner id; "" when the server runs open
-    base_url: str  # where result URLs point
 
 
 @dataclass
@@ -20,6 +15,17 @@ class Reply:
 
     data: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
+
+
+Push = Callable[[Reply], None]  # sends a frame to the client later, unasked (WebSocket only)
+
+
+@dataclass(frozen=True)
+class Caller:
+    owner: str  # the API key's owner id; "" when the server runs open
+    base_url: str  # where result URLs point
+    # Set on a WebSocket: an async task's progress and final items are pushed through it.
+    push: Push | None = None
 
 
 # Runware's preProcessorType names -> easel's preprocessor codes (A1111's). The engine's own

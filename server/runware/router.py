@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -178,11 +179,16 @@ class RunwareConnection:
                 self.send(frame)
             return
         session = self.session
-        caller = self.service.caller(session.owner, self.base_url)
+
+        def push(reply: Reply) -> None:
+            for frame in render(reply):
+                self._session_for(session).send(frame)
+
+        # An async task's progress and result are pushed on this socket (server/runware/progress.py)
+        caller = dataclasses.replace(self.service.caller(session.owner, self.base_url), push=push)
 
         async def run() -> None:
-            for frame in render(await self.service.run(task, caller)):
-                self._session_for(session).send(frame)
+            push(await self.service.run(task, caller))
 
         running = asyncio.get_running_loop().create_task(run())
         self.tasks.add(running)

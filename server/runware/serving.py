@@ -29,11 +29,13 @@ from server.runware.common import (
     PROTOCOL,
     UNSUPPORTED_PREPROCESSORS,
     Caller,
+    Push,
     Reply,
 )
 from server.runware.errors import Code, RunwareError
 from server.runware.inference import InferenceBuilder, image_cost
 from server.runware.inputs import ImageInputs
+from server.runware.progress import push_progress
 from server.runware.utilities import UtilityTasks
 from server.summary import job_summary
 from server.taskstore import TaskExists, TaskRecord, TaskStatus, TaskStore
@@ -258,9 +260,45 @@ class RunwareService:
         """A submitted task's answer: its items once it ends (sync), or at once the async
         acknowledgement while delivery goes on in the background (the client polls)."""
         if req.deliveryMethod == "async":
-            self._in_background(self._finish(record.task_id, caller, req, follower))
-            return [{"taskType": req.taskType, "taskUUID": req.taskUUID, "status": "processing"}]
+            return self._acknowledge(
+                req.taskType,
+                req.taskUUID,
+                caller,
+                self._finish(record.task_id, caller, req, follower),
+            )
         return await self._finish(record.task_id, caller, req, follower)
+
+    def _acknowledge(
+        self,
+        task_type: str,
+        task_uuid: str,
+        caller: Caller,
+        finish: Awaitable[list[dict[str, Any]]],
+    ) -> list[dict[str, Any]]:
+        """An async task's acknowledgement; `finish` (delivery, then the result items) goes on
+        in the background. On a WebSocket its progress is pushed while it runs, then its items
+        or its error (server/runware/progress.py)."""
+        finishing = asyncio.ensure_future(finish)
+        self._in_background(finishing)
+        if caller.push is not None:
+            self._in_background(self._push_live(task_type, task_uuid, caller.push, finishing))
+        return [{"taskType": task_type, "taskUUID": task_uuid, "status": "processing"}]
+
+    async def _push_live(
+        self,
+        task_type: str,
+        task_uuid: str,
+        push: Push,
+        finishing: asyncio.Future[list[dict[str, Any]]],
+    ) -> None:
+        await push_progress(self.store, task_type, task_uuid, push, finishing)
+        error = finishing.exception()
+        if error is None:
+            push(Reply(data=finishing.result()))
+            return
+        if not isinstance(error, RunwareError):
+            error = RunwareError(Code.INTERNAL_ERROR, "internal server error")
+        push(Reply(errors=[error.item(task_type, task_uuid)]))
 
     @staticmethod
     def delivery(req: DeliveredTask, caller: Caller) -> dict[str, Any] | None:
@@ -512,13 +550,16 @@ class RunwareService:
             params={"preprocessor": code, "input_image": input_id, "output": output},
         )
         encoding = Encoding(ImageFormat(output["format"]), output["quality"])
-        follower = self.submit(record, job, encoding)
+        items = self._items_when_done(record, caller, self.submit(record, job, encoding))
         if task.get("deliveryMethod") == "async":
-            self._in_background(follower)
-            return [{"taskType": req.taskType, "taskUUID": req.taskUUID, "status": "processing"}]
+            return self._acknowledge(req.taskType, req.taskUUID, caller, items)
+        return await items
+
+    async def _items_when_done(
+        self, record: TaskRecord, caller: Caller, follower: Awaitable[None]
+    ) -> list[dict[str, Any]]:
         await follower
-        record = self.store.get(req.taskUUID) or record
-        return await self._items(record, caller)
+        return await self._items(self.store.get(record.task_id) or record, caller)
 
     def _preprocessor_code(self, req: wire.ControlNetPreProcess) -> str:
         name = req.preProcessorType
