@@ -3,14 +3,17 @@
 Only the device's worker thread touches its cache (diffusers pipelines are not thread-safe), so
 it needs no lock. The bound is a count of checkpoints. On CUDA the UNet and VAE are put in
 channels_last memory format once at load: convolutions run faster that way in half precision.
+An optional listener hears of each checkpoint loaded or evicted (the engine's metrics count them).
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +28,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class CacheEvent(StrEnum):
+    LOAD = "load"
+    EVICT = "evict"
+
+
+# (event, checkpoint code, seconds the load took: 0 for evictions), called on the worker thread
+CacheListener = Callable[[CacheEvent, str, float], None]
+
+
 class PipelineCache:
     def __init__(
         self,
@@ -34,12 +46,14 @@ class PipelineCache:
         max_models: int = 1,
         cache_dir: Path | None = None,
         allow_pickle: bool = False,
+        listener: CacheListener | None = None,
     ) -> None:
         self.device = device
         self.dtype = dtype
         self.max_models = max_models
         self.cache_dir = cache_dir
         self.allow_pickle = allow_pickle
+        self.listener = listener
         self._loaded: OrderedDict[tuple[str, str], DiffusionPipeline] = OrderedDict()
         self._vaes: dict[tuple[str, Architecture], AutoencoderKL] = {}
         self._components: OrderedDict[Hashable, Any] = OrderedDict()
@@ -47,6 +61,10 @@ class PipelineCache:
     def holds(self, code: str) -> bool:
         """Whether the checkpoint `code` is loaded here (the engine's model affinity)."""
         return any(loaded == code for _kind, loaded in list(self._loaded))
+
+    def loaded(self) -> list[str]:
+        """Codes of the checkpoints loaded here, least recently used first (any thread)."""
+        return [code for _kind, code in list(self._loaded)]
 
     def get(self, spec: ModelSpec) -> DiffusionPipeline:
         key = (spec.kind.value, spec.code)
@@ -61,7 +79,10 @@ class PipelineCache:
             gc.collect()
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
+            if self.listener is not None:
+                self.listener(CacheEvent.EVICT, code, 0.0)
         log.info("loading %s onto %s", spec.code, self.device)
+        started = time.perf_counter()
         pipe = load_pipeline(
             spec,
             device=self.device,
@@ -72,6 +93,8 @@ class PipelineCache:
         if self.device.startswith("cuda"):
             _channels_last(pipe)
         self._loaded[key] = pipe
+        if self.listener is not None:
+            self.listener(CacheEvent.LOAD, spec.code, time.perf_counter() - started)
         return pipe
 
     def get_vae(self, spec: ModelSpec, architecture: Architecture) -> AutoencoderKL:

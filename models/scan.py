@@ -253,6 +253,12 @@ def _detect_weights_only_pickle(path: Path, kind: ModelKind) -> Detected:
     return Detected(kind, embedding_architecture(vectors))
 
 
+def detect_safetensors(path: Path, kind: ModelKind) -> Detected:
+    """What the scan makes of a .safetensors file in a `kind` folder (`easel models pull` asks
+    before placing one); ModelDetectionError says why the scan would skip it."""
+    return _detect_file(path, kind)
+
+
 def _detect_file(path: Path, kind: ModelKind) -> Detected:
     header = read_safetensors_header(path)
     if kind is ModelKind.CHECKPOINT and is_checkpoint(header):

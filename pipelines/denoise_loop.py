@@ -18,6 +18,7 @@ only a single row that does not fit fails its members.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -49,9 +50,11 @@ class DenoiseLoop:
         unet: UNetCall | None = None,
         buckets: Sequence[int] = (),
         max_rows: int | None = None,
+        step_timer: Callable[[float], None] | None = None,
     ) -> None:
         """`unet` replaces base.unet for the forward (a torch.compile'd one, say); `buckets`
-        then pads each forward's rows to a bucket size so its compiled graphs are reused."""
+        then pads each forward's rows to a bucket size so its compiled graphs are reused.
+        `step_timer` is told the wall time of each step (without the finished ones' decode)."""
         self.base = base
         self.vae = vae if vae is not None else base.vae
         self.xl = is_xl(base)
@@ -59,6 +62,7 @@ class DenoiseLoop:
         self._unet = unet if unet is not None else base.unet
         self.buckets = tuple(buckets)
         self.max_rows = max_rows  # rows per UNet call; lowered after running out of memory
+        self.step_timer = step_timer
         self.members: list[Member] = []
 
     @property
@@ -76,6 +80,7 @@ class DenoiseLoop:
         images denormalised to [0, 1] on the CPU (they are no longer in the loop)."""
         if not self.members:
             return []
+        started = time.perf_counter()
         noise = self._noise(self.members)
         for member in self.members:
             member.latents = member.scheduler.step(
@@ -86,6 +91,8 @@ class DenoiseLoop:
                 return_dict=False,
             )[0]
             member.position += 1
+        if self.step_timer is not None:
+            self.step_timer(time.perf_counter() - started)
         finished = [member for member in self.members if member.done]
         if not finished:
             return []

@@ -38,10 +38,12 @@ from pipelines.jobs import (
     PreprocessorInfo,
     UtilityJob,
 )
+from pipelines.metrics import EngineMetrics
 from pipelines.preprocessors import list_preprocessors
 from pipelines.runners import preprocess as preprocess_runner
 from pipelines.runners import refiner
 from pipelines.samplers import is_known_sampler
+from pipelines.status import EngineStatus
 from pipelines.utilities import UTILITIES, safety, translation
 from pipelines.utilities.installed import installed_model
 from pipelines.worker import DeviceWorker, WorkerParts, default_dtype, detect_devices
@@ -63,6 +65,9 @@ class EngineConfig:
     dtype: str = "auto"  # "auto", "fp16", "bf16" or "fp32" (pipelines.worker.DTYPES)
     # GPU memory kept for weights (checkpoint, ControlNets, adapters) when sizing batches
     weights_reserve_bytes: int = 12 * 1024**3
+    # checkpoints every worker loads at start, before its first batch (so the server is ready
+    # before its first job): identifiers as a job names its model, "" = the default checkpoint
+    preload: tuple[str, ...] = ()
 
 
 COMPILE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -94,6 +99,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.devices = list(self.config.devices or detect_devices())
         self.stats = EngineStats()
+        self.metrics = EngineMetrics(self.stats, self.status, self.devices)
         self.budget = self._budget()
         self._former: BatchFormer[JobHandle] = BatchFormer(
             BatchPolicy(capacity=self.config.max_queue, window=self.config.batch_window),
@@ -157,6 +163,8 @@ class Engine:
             handback=self._handback,
             models_dir=self.config.models_dir,
             compile_buckets=COMPILE_BUCKETS if self.config.compile else (),
+            metrics=self.metrics,
+            preload=self._preloaded(),
         )
         for device in self.devices:
             cache = PipelineCache(
@@ -165,11 +173,24 @@ class Engine:
                 max_models=self.config.max_models_per_device,
                 cache_dir=self.config.cache_dir,
                 allow_pickle=self.config.allow_pickle,
+                listener=self.metrics.cache_listener(device),
             )
             worker = DeviceWorker(device, cache, parts)
             worker.start()
             self._workers.append(worker)
         log.info("engine started on %s", ", ".join(self.devices))
+
+    def _preloaded(self) -> tuple[ModelSpec, ...]:
+        """The checkpoints EngineConfig.preload names; unknown ones are logged and skipped."""
+        specs: dict[str, ModelSpec] = {}
+        for identifier in self.config.preload:
+            try:
+                spec = self.catalogue.resolve(identifier or None, ModelKind.CHECKPOINT)
+            except UnknownModelError as error:
+                log.error("cannot preload %r: %s", identifier, error)
+                continue
+            specs.setdefault(spec.code, spec)
+        return tuple(specs.values())
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop taking jobs. Waiting jobs end as interrupted at once; the batches running now
@@ -299,10 +320,22 @@ class Engine:
             result = await handle.result()
             self.stats.count("jobs_finished")
             self.stats.count("images", len(result.images))
+            self.metrics.record_images(len(result.images))
         except JobError:
             self.stats.count("jobs_failed")
         finally:
             self._handles.pop(handle.job_id, None)
+
+    # --- what it is doing ---
+
+    def status(self) -> EngineStatus:
+        """The queue, and per device its checkpoints and running batch (any thread)."""
+        return EngineStatus(
+            queue_jobs=len(self._former),
+            queue_images=self._former.images(),
+            devices=tuple(worker.status() for worker in list(self._workers)),
+            images_per_second=self.metrics.images_per_second(),
+        )
 
     # --- models ---
 

@@ -13,6 +13,7 @@ Before a batch runs, jobs that asked for it get their prompt translated to Engli
 (pipelines.utilities.safety) before they are settled.
 Decoded images go to the hand-back pool, which converts them to PIL and settles the handles, so
 the GPU thread goes on with the next step meanwhile.
+Before its first batch a worker loads the checkpoints the engine preloads (EngineConfig.preload).
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ from pipelines.jobs import (
     UtilityJob,
 )
 from pipelines.loop_members import Member, prepare, to_images
+from pipelines.metrics import EngineMetrics, StepTimer
 from pipelines.runners import RUNNERS
 from pipelines.runners import preprocess as preprocess_runner
 from pipelines.runners.common import Resources, RunContext, StepReporter
+from pipelines.status import BatchStatus, DeviceStatus
 from pipelines.utilities import UTILITIES, safety, translation
 from pipelines.utilities.installed import installed_model
 
@@ -114,6 +117,8 @@ class WorkerParts:
     handback: Executor  # PIL conversion and settling, off the GPU thread
     models_dir: Path | None = None
     compile_buckets: tuple[int, ...] = ()  # non-empty: the loop's UNet is torch.compile'd
+    metrics: EngineMetrics | None = None  # step times
+    preload: tuple[ModelSpec, ...] = ()  # checkpoints to load before the first batch
 
 
 class DeviceWorker(threading.Thread):
@@ -129,6 +134,11 @@ class DeviceWorker(threading.Thread):
         self._stopping = threading.Event()
         self._compiled: dict[int, object] = {}
         self._warmed: set[tuple[int, int, int]] = set()
+        self._key: Hashable | None = None  # the batch in hand (status)
+        self.loading: str | None = None  # the checkpoint being preloaded (status)
+        self._step_timer: StepTimer | None = (
+            parts.metrics.step_timer(device) if parts.metrics is not None else None
+        )
 
     def stop(self) -> None:
         self._stopping.set()
@@ -146,11 +156,26 @@ class DeviceWorker(threading.Thread):
         with self._running_lock:
             self._running.discard(handle)
 
+    def status(self) -> DeviceStatus:
+        """Its checkpoints and the batch it runs now (read from any thread)."""
+        handles, key = self.running(), self._key
+        batch = None
+        if handles and isinstance(key, BatchKey):
+            batch = BatchStatus(
+                model=_batch_model(key, handles[0]),
+                jobs=len(handles),
+                images=sum(handle.job.num_images for handle in handles),
+                progress=sum(handle.progress.fraction for handle in handles) / len(handles),
+            )
+        return DeviceStatus(self.device, tuple(self.cache.loaded()), batch, self.loading)
+
     def run(self) -> None:
+        self._preload()
         while not self._stopping.is_set():
             batch = self.parts.former.take(timeout=0.2, prefer=self._holds)
             if batch is None:
                 continue
+            self._key = batch.key
             live = [handle for handle in batch.items if not _dropped_if_cancelled(handle)]
             if not live:
                 continue
@@ -170,7 +195,23 @@ class DeviceWorker(threading.Thread):
             finally:
                 with self._running_lock:
                     self._running.clear()
+                self._key = None
                 release_free_memory()  # resident memory stays flat over many batches
+
+    def _preload(self) -> None:
+        """Load the preloaded checkpoints, so the server is ready before its first job. A
+        failure is logged, not fatal: the first job that needs the model tries again and its
+        client learns why."""
+        for spec in self.parts.preload:
+            if self._stopping.is_set():
+                return
+            self.loading = spec.code
+            try:
+                self.cache.get(spec)
+            except Exception as error:
+                log.error("cannot preload %s on %s: %s", spec.code, self.device, error)
+            finally:
+                self.loading = None
 
     def _holds(self, key: Hashable) -> bool:
         """Affinity: this worker has the key's checkpoint loaded."""
@@ -192,6 +233,7 @@ class DeviceWorker(threading.Thread):
             stats=self.parts.stats,
             unet=self._compiled_unet(pipe),
             buckets=self.parts.compile_buckets,
+            step_timer=self._step_timer,
         )
         processor = pipe.image_processor
         with torch.inference_mode(), adapted(pipe, first, context):
@@ -407,12 +449,19 @@ class DeviceWorker(threading.Thread):
         """Progress for every job of a runner call. A cancelled job fails at once and is left
         out (the call goes on for the others); when none is left the call stops."""
 
+        last_step: float | None = None
+
         def report(step: int, total: int) -> None:
+            nonlocal last_step
             live = [h for h in handles if not h.done and not _dropped_if_cancelled(h)]
             if not live:
                 raise handles[0].cancel_reason
             if total and images:
                 self.parts.stats.record_forward(images)
+                now = time.perf_counter()
+                if last_step is not None and self._step_timer is not None:
+                    self._step_timer(now - last_step)  # the first step's start is not seen
+                last_step = now
             for handle in live:
                 handle.report(JobProgress(JobState.RUNNING, step, total))
 
@@ -491,6 +540,16 @@ def _dropped_if_cancelled(handle: JobHandle) -> bool:
 
 def _checks_nsfw(handle: JobHandle) -> bool:
     return isinstance(handle.job, GenerationJob) and handle.job.check_nsfw
+
+
+def _batch_model(key: BatchKey, handle: JobHandle) -> str:
+    """What a batch runs on, for operators: the checkpoint code, a utility model's file name,
+    or "preprocess" for a ControlNet annotator."""
+    if isinstance(handle.job, PreprocessJob):
+        return "preprocess"
+    if isinstance(handle.job, GenerationJob):
+        return key.model
+    return Path(key.model).name
 
 
 def _silent_reporter(step: int, total: int) -> None:

@@ -20,11 +20,15 @@ from pipelines.engine import Engine
 from server.access import Admission
 from server.body_limit import BodyLimit
 from server.dispatch import Backend, Dispatcher, local_backend
+from server.docs_routes import install_docs
 from server.keys import KeyStore
+from server.openapi import API_DESCRIPTION, API_TAGS
 from server.openapi import install as install_openapi
+from server.operator_routes import add_operator_routes
 from server.outbound import Outbound, OutboundPolicy
 from server.picpik.router import picpik_router
 from server.picpik.serving import PicpikService
+from server.playground import playground_router
 from server.results import MEDIA_TYPES, RESULTS_ROUTE, ResultStore, is_image_id
 from server.runware.common import PROTOCOL as RUNWARE
 from server.runware.router import runware_router
@@ -96,7 +100,15 @@ def build_app(
             await outbound.aclose()
             store.close()
 
-    app = FastAPI(title="easel", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="easel",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        openapi_tags=API_TAGS,
+        lifespan=lifespan,
+        docs_url=None,  # server/docs_routes.py serves /docs without a CDN
+        redoc_url=None,
+    )
     app.state.services = services
     admission = Admission(services.keys, store)  # one per app: both protocols share the buckets
     picpik = PicpikService(
@@ -121,8 +133,10 @@ def build_app(
         limits=limits,
     )
     app.include_router(runware_router(runware, SessionRegistry()))
+    app.include_router(playground_router())  # GET / (PICPIK keeps POST /)
     app.add_middleware(BodyLimit, max_body_bytes=limits.max_body_bytes)
     install_openapi(app)  # the request bodies' schemas (server/openapi.py)
+    install_docs(app)
 
     @app.get(RESULTS_ROUTE + "/{file_name}", tags=["results"], response_model=None)
     async def result_image(file_name: str) -> Response:
@@ -142,6 +156,7 @@ def build_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    add_operator_routes(app, dispatcher, backend.metrics)  # /metrics, /readyz, /engine/status
     return app
 
 

@@ -1,4 +1,5 @@
-"""The `easel` command: `easel serve` runs the server, `easel models` lists the catalogue.
+"""The `easel` command: `easel serve` runs the server, `easel models` lists the models
+(`easel models pull` installs one).
 
 Every option can also come from an EASEL_* environment variable (the flag wins), so a container
 is configured with its environment alone.
@@ -19,6 +20,8 @@ from server.cluster.config import ClusterConfig
 from server.keys import KeysFileError, KeyStore
 from server.keys_cli import add_keys_parser, default_keys_file, run_keys
 from server.limits_cli import add_limit_options, limits_from_args
+from server.logs import configure_logging
+from server.models_cli import add_models_parser, run_models
 from server.outbound import parse_network
 from server.settings import Settings
 
@@ -113,6 +116,33 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         default=_env("DEVICES", ""),
         help="comma-separated torch devices, e.g. cuda:0,cuda:1 (EASEL_DEVICES; "
         "default: every GPU, else the CPU)",
+    )
+    parser.add_argument(
+        "--preload",
+        default=_env("PRELOAD", "default"),
+        metavar="CODE[,CODE]",
+        help="checkpoints every device loads at start, so the server is ready (GET /readyz) "
+        "before its first job (EASEL_PRELOAD; default: the default checkpoint; none: load "
+        "nothing until the first job)",
+    )
+
+
+def _preload(text: str) -> tuple[str, ...]:
+    """--preload: "none" loads nothing, "default" is the catalogue's default checkpoint ("")."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if [name.lower() for name in names] in ([], ["none"]):
+        return ()
+    return tuple("" if name.lower() == "default" else name for name in names)
+
+
+def _add_log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), help="(EASEL_LOG_LEVEL)")
+    parser.add_argument(
+        "--log-json",
+        action="store_true",
+        default=_env_flag("LOG_JSON"),
+        help="log one JSON object a line: ts, level, logger, message, and task_id / state / "
+        "protocol / action on task state changes (EASEL_LOG_JSON=1)",
     )
 
 
@@ -214,17 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long in-flight requests, then the running batch, may take to "
         "finish; unfinished tasks run again at the next start (EASEL_SHUTDOWN_GRACE_S)",
     )
-    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), help="(EASEL_LOG_LEVEL)")
+    _add_log_options(serve)
     add_limit_options(serve)
 
     worker = commands.add_parser("worker", help="run a GPU worker of a cluster (needs --broker)")
     _add_storage_options(worker)
     _add_engine_options(worker)
     _add_cluster_options(worker, worker=True)
-    worker.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), help="(EASEL_LOG_LEVEL)")
+    _add_log_options(worker)
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("METRICS_PORT", "0") or 0),
+        help="serve the worker's Prometheus metrics at http://0.0.0.0:PORT/metrics "
+        "(EASEL_METRICS_PORT; default 0: off)",
+    )
 
-    models = commands.add_parser("models", help="list the model catalogue")
-    _add_storage_options(models)
+    add_models_parser(commands, _add_storage_options)
     add_keys_parser(commands, _env("DATA_DIR", "easel-data") or "easel-data")
     return parser
 
@@ -260,6 +296,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         broker_url=args.broker or None,
         limits=limits_from_args(args),
         shutdown_grace_s=getattr(args, "shutdown_grace_s", Settings.shutdown_grace_s),
+        preload=_preload(getattr(args, "preload", "none")),
     )
 
 
@@ -282,6 +319,7 @@ def open_engine(settings: Settings) -> Engine:
         dtype=settings.dtype,
         devices=settings.devices or None,
         allow_pickle=settings.allow_pickle,
+        preload=settings.preload,
     )
     engine, notes = Engine.open(settings.resolved_models_dir, settings.data_dir, config)
     for note in notes:
@@ -296,9 +334,8 @@ def _describe(model: ModelInfo, aliases: dict[str, str]) -> str:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from server.app import build_app
+    from server.operator_routes import run_server
 
     try:
         settings = settings_from_args(args)
@@ -340,8 +377,9 @@ def serve(args: argparse.Namespace) -> int:
     )
     log.info("listening on http://%s:%d", settings.host, settings.port)
     app = build_app(settings, engine, keys, backend)
-    uvicorn.run(
+    return run_server(  # uvicorn.run, and /engine/events streams end at shutdown
         app,
+        json_logs=args.log_json,
         host=settings.host,
         port=settings.port,
         log_level=args.log_level.lower(),
@@ -352,7 +390,6 @@ def serve(args: argparse.Namespace) -> int:
         # SIGTERM: stop accepting, close sockets (1012), let in-flight requests end within this
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
-    return 0
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -367,35 +404,20 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.concurrency < 1 or args.concurrency > settings.max_queue:
         log.error("--concurrency must be between 1 and --max-queue (%d)", settings.max_queue)
         return 2
-    return run(engine, cluster_config(args), args.name, args.concurrency, args.log_level)
-
-
-def list_models(args: argparse.Namespace) -> int:
-    settings = Settings(
-        data_dir=args.data_dir,
-        models_dir=Path(args.models_dir) if args.models_dir else None,
-        allow_pickle=args.allow_pickle,
+    return run(
+        engine,
+        cluster_config(args),
+        args.name,
+        args.concurrency,
+        args.log_level,
+        metrics_port=args.metrics_port,
     )
-    try:
-        engine = open_engine(settings)
-    except ValueError as error:
-        log.error("%s", error)
-        return 2
-    aliases = engine.model_aliases()
-    print(f"models directory: {settings.resolved_models_dir}")
-    print(f"{'KIND':11} {'CODE':32} {'ARCH':7} NAME")
-    for model in engine.list_models(kind=None):
-        print(f"{model.kind:11} {_describe(model, aliases)}")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = getattr(args, "log_level", "info").upper()
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    handlers = {"serve": serve, "worker": run_worker, "models": list_models, "keys": run_keys}
+    configure_logging(getattr(args, "log_level", "info"), getattr(args, "log_json", False))
+    handlers = {"serve": serve, "worker": run_worker, "models": run_models, "keys": run_keys}
     return handlers[args.command](args)
 
 

@@ -20,17 +20,22 @@ import logging
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from prometheus_client.registry import Collector
 
 from pipelines.engine import Engine
 from pipelines.handle import CANCELLED_BY_REQUEST, JobHandle
 from pipelines.job_codec import JobCodecError, decode_job, encode_job
 from pipelines.jobs import ErrorCode, Job, JobError
 from server.journal import JobJournal, JournalError
+from server.metrics import ServerMetrics
 from server.results import PNG, Encoding, FileResultStore, ResultStore
 from server.settings import Settings
+from server.status import status_json
 from server.taskstore import SqliteTaskStore, TaskStatus, TaskStore, interrupt_unfinished
+from server.taskstore.observed import ObservedTaskStore
 from server.tracking import TaskTracker
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,18 @@ class Dispatcher(Protocol):
 
     def stats(self) -> dict[str, Any]:
         """What GET /engine/stats shows."""
+        ...
+
+    async def status(self) -> dict[str, Any]:
+        """What GET /engine/status shows (server.status: queue, devices, images/s)."""
+        ...
+
+    async def readiness(self) -> str | None:
+        """None when a job can start without waiting for a model to load; else why not."""
+        ...
+
+    def metrics(self) -> list[Collector]:
+        """The metrics GET /metrics shows besides the server's own (server.metrics)."""
         ...
 
     def on_recovered(self, protocol: str, resume: ResumeDelivery) -> None:
@@ -209,6 +226,15 @@ class LocalDispatcher:
     def stats(self) -> dict[str, Any]:
         return self.engine.stats.snapshot()
 
+    async def status(self) -> dict[str, Any]:
+        return status_json(self.engine.status())
+
+    async def readiness(self) -> str | None:
+        return self.engine.status().unready_reason()
+
+    def metrics(self) -> list[Collector]:
+        return [self.engine.metrics.registry]
+
     # --- recovery after a restart ---
 
     def _recover(self) -> None:
@@ -312,14 +338,16 @@ class Backend:
     store: TaskStore
     results: ResultStore
     dispatcher: Dispatcher
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)  # what `store` records
 
 
 def local_backend(settings: Settings, engine: Engine) -> Backend:
     """SQLite records and image files in the data directory; jobs run on this process's engine."""
-    store = SqliteTaskStore(settings.data_dir / "tasks.sqlite3")
+    metrics = ServerMetrics()
+    store = ObservedTaskStore(SqliteTaskStore(settings.data_dir / "tasks.sqlite3"), metrics)
     results = FileResultStore(settings.data_dir / "results")
     # An interrupted job stays journaled and runs again: its record must not end here.
     tracker = TaskTracker(store, results, engine.stats, record_interruptions=False)
     journal = JobJournal(settings.data_dir / JOURNAL_FILE)
     dispatcher = LocalDispatcher(engine, tracker, journal, settings.shutdown_grace_s)
-    return Backend(store, results, dispatcher)
+    return Backend(store, results, dispatcher, metrics)

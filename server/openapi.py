@@ -75,6 +75,45 @@ RUNWARE_CONTROL_TASKS: Mapping[str, JsonSchema] = MappingProxyType(
     }
 )
 
+API_DESCRIPTION = """\
+easel serves two image-generation APIs on one port. Every example below runs on a fresh install
+(the embedded demo model, `easel-demo`): press *Try it out*, then *Execute*.
+
+**PICPIK** (`POST /`): one JSON object per request, its `Action` says what to do. Generation
+actions answer with a `TaskUID`; poll `ListTasksDetails` until `Status` is `Finished`, then
+download `ImgList`. `TaskDetail.Progress` (0..1, an easel extension) tells how far a running
+task is. With API keys configured, send `PublicKey` and `Signature`: the SHA-1 of the request's
+fields sorted by name and concatenated (nested values flattened the same way) followed by the
+private key. A server without a keys file accepts any request.
+
+**Runware** (`POST /v1`, and the WebSocket `ws://HOST:PORT/v1`): a JSON array of tasks, each with
+`taskType` and a `taskUUID` you choose. Authenticate with an `authentication` task first in the
+array, or an `Authorization: Bearer KEY` header (REST). `deliveryMethod: "async"` answers at
+once with a `processing` item; poll `getResponse` with the same taskUUID. Over the WebSocket an
+async task's progress is pushed as `{"status": "processing", "progress": 0..100}` items, then
+its result items, without polling.
+
+Errors come in each protocol's own format: PICPIK `RetCode` + `Message` (HTTP 200), Runware
+`errors[]` items carrying the taskUUID.
+
+Operators: `GET /` is the playground page, `/metrics` is for Prometheus, `/healthz` and
+`/readyz` are for probes, `/engine/status` and `/engine/events` (Server-Sent Events) show the
+queue and the running batches.
+"""
+
+API_TAGS: list[JsonSchema] = [
+    {"name": "PICPIK", "description": "Action-style JSON over HTTP; TaskUIDs polled."},
+    {"name": "Runware", "description": "Task arrays over REST (and the WebSocket at /v1)."},
+    {"name": "results", "description": "Result images by their id (the URLs tasks return)."},
+    {"name": "health", "description": "Probes, metrics and the engine's state."},
+]
+
+# A tiny PNG for the examples that take an image (img2img, uploads): any size works.
+EXAMPLE_IMAGE = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAGUlEQVR42mNkYKiQY2DARC"
+    "wMcgxYweCUAABSsQI6ZfI4AwAAAABJRU5ErkJggg=="
+)
+
 PICPIK_EXAMPLES: Mapping[str, JsonSchema] = MappingProxyType(
     {
         "GenerateImages": {
@@ -91,6 +130,10 @@ PICPIK_EXAMPLES: Mapping[str, JsonSchema] = MappingProxyType(
             },
         },
         "ListModels": {"summary": "the installed models", "value": {"Action": "ListModels"}},
+        "ListControlNets": {
+            "summary": "ControlNet models and preprocessors",
+            "value": {"Action": "ListControlNets"},
+        },
         "ListRunningTasks": {
             "summary": "the caller's unfinished tasks",
             "value": {"Action": "ListRunningTasks"},
@@ -114,6 +157,48 @@ RUNWARE_EXAMPLES: Mapping[str, JsonSchema] = MappingProxyType(
                     "steps": 4,
                     "seed": 42,
                     "outputFormat": "PNG",
+                }
+            ],
+        },
+        "imageInference async": {
+            "summary": "answered at once; poll getResponse with the taskUUID",
+            "value": [
+                {
+                    "taskType": "imageInference",
+                    "taskUUID": "9a0e6c1d-52f4-4d3b-a7e1-3c8f0b2d4e03",
+                    "positivePrompt": "a lighthouse at dusk",
+                    "model": DEMO_MODEL,
+                    "width": 64,
+                    "height": 64,
+                    "steps": 8,
+                    "numberResults": 2,
+                    "deliveryMethod": "async",
+                }
+            ],
+        },
+        "imageInference img2img": {
+            "summary": "image to image from an inline PNG",
+            "value": [
+                {
+                    "taskType": "imageInference",
+                    "taskUUID": "2c5b8e7a-0d19-4f6e-b3a2-8e4d1c7f9a04",
+                    "positivePrompt": "an oil painting",
+                    "model": DEMO_MODEL,
+                    "seedImage": EXAMPLE_IMAGE,
+                    "strength": 0.7,
+                    "width": 64,
+                    "height": 64,
+                    "steps": 4,
+                }
+            ],
+        },
+        "imageUpload": {
+            "summary": "store an image; its imageUUID can stand in for it later",
+            "value": [
+                {
+                    "taskType": "imageUpload",
+                    "taskUUID": "e3f7a9b1-6c2d-4e8f-9a1b-5d3c7e0f2a05",
+                    "image": EXAMPLE_IMAGE,
                 }
             ],
         },

@@ -35,6 +35,9 @@ class Settings:
     # SIGTERM: in-flight HTTP requests may finish within this, then the running batch may too;
     # jobs still waiting (or cut at the end) run again at the next start
     shutdown_grace_s: float = 30.0
+    # checkpoints each GPU worker loads at start, so the server is ready (GET /readyz) before
+    # its first job; "" is the catalogue's default checkpoint (EngineConfig.preload)
+    preload: tuple[str, ...] = ()
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -116,6 +116,11 @@ class BatchFormer(Generic[T]):
         with self._cond:
             return len(self._entries)
 
+    def images(self) -> int:
+        """Images the waiting jobs ask for (the queue depth in images)."""
+        with self._cond:
+            return sum(entry.images for entry in self._entries.values())
+
     def waiting(self, batch_key: Hashable) -> int:
         """Waiting jobs with this batch key."""
         with self._cond:

@@ -17,6 +17,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from pipelines.engine import Engine
 from pipelines.handle import CANCELLED_BY_REQUEST
@@ -27,10 +30,13 @@ from server.cluster.config import DEFAULT_QUEUE, TASK_NAME, ClusterConfig, model
 from server.cluster.redis_client import connect
 from server.cluster.redis_results import RedisResultStore
 from server.cluster.redis_tasks import RedisTaskStore
-from server.cluster.registry import WorkerRegistry
+from server.cluster.registry import WorkerBeat, WorkerRegistry
 from server.dispatch import Backend, ResumeDelivery
+from server.metrics import ServerMetrics
 from server.results import PNG, Encoding
-from server.taskstore import TaskStatus
+from server.status import gathered
+from server.taskstore import TaskStatus, TaskStore
+from server.taskstore.observed import ObservedTaskStore
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,11 @@ def encoding_fields(encoding: Encoding) -> dict[str, Any]:
 
 class BrokerDispatcher:
     def __init__(
-        self, engine: Engine, config: ClusterConfig, client: redis.Redis, store: RedisTaskStore
+        self,
+        engine: Engine,
+        config: ClusterConfig,
+        client: redis.Redis,
+        store: RedisTaskStore | TaskStore,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -57,6 +67,8 @@ class BrokerDispatcher:
         self._publishers: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self._watcher: asyncio.Task[None] | None = None
         self._routes: tuple[float, set[str]] = (0.0, set())
+        self._metrics = CollectorRegistry()
+        self._metrics.register(_ClusterMetrics(self))
 
     async def start(self) -> None:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -196,10 +208,87 @@ class BrokerDispatcher:
         }
         return {"cluster": True, "workers": workers}
 
+    # --- what the cluster is doing (GET /engine/status, /readyz, /metrics) ---
+
+    async def status(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self.cluster_status)
+
+    def cluster_status(self) -> dict[str, Any]:
+        """The workers' own status (their heartbeats: up to a heartbeat old) plus the jobs the
+        broker's queues still hold."""
+        return self._gather()[1]
+
+    def _gather(self) -> tuple[list[WorkerBeat], dict[str, Any]]:
+        beats = self.registry.live()
+        return beats, gathered({beat.name: beat.status for beat in beats}, self._broker_jobs())
+
+    async def readiness(self) -> str | None:
+        beats = await asyncio.to_thread(self.registry.live)
+        if not beats:
+            return "no live worker: start `easel worker`s on this broker"
+        if not any(beat.models for beat in beats):
+            return "no worker has a model loaded yet: the first job loads one"
+        return None
+
+    def metrics(self) -> list[Collector]:
+        return [self._metrics]
+
+    def _broker_jobs(self) -> int:
+        """Jobs waiting in the broker: the default queue and every model queue."""
+        queues = [DEFAULT_QUEUE]
+        queues += sorted(q.decode() for q in self.client.smembers(self.config.model_queues_key))
+        pipe = self.client.pipeline(transaction=False)
+        for name in queues:
+            pipe.llen(self.config.broker_key(name))
+        return sum(int(length) for length in pipe.execute())
+
+
+class _ClusterMetrics:
+    """Queue depth, throughput and workers of the whole cluster, read at each scrape (each
+    worker's own engine metrics are served by `easel worker --metrics-port`)."""
+
+    def __init__(self, dispatcher: BrokerDispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def collect(self) -> list[Metric]:
+        try:
+            beats, status = self.dispatcher._gather()
+        except redis.RedisError as error:
+            log.warning("cannot read the cluster's status: %s", error)
+            return []
+        queue = status["queue"]
+        return [
+            GaugeMetricFamily(
+                "easel_queue_jobs", "Jobs waiting (broker queues and workers)", value=queue["jobs"]
+            ),
+            GaugeMetricFamily(
+                "easel_queue_images",
+                "Images the waiting jobs ask for (a job still in the broker counts as one)",
+                value=queue["images"],
+            ),
+            GaugeMetricFamily(
+                "easel_images_per_second",
+                "Images the live workers finished per second, recently",
+                value=status["images_per_second"],
+            ),
+            GaugeMetricFamily(
+                "easel_ready",
+                "1 once some live worker has a model loaded",
+                value=int(any(beat.models for beat in beats)),
+            ),
+            GaugeMetricFamily("easel_workers", "Live workers", value=len(beats)),
+            GaugeMetricFamily(
+                "easel_workers_ready",
+                "Live workers with a model loaded",
+                value=sum(1 for beat in beats if beat.models),
+            ),
+        ]
+
 
 def broker_backend(engine: Engine, config: ClusterConfig) -> Backend:
     """Records and images in Redis, jobs on Celery: what an API replica runs on."""
     client = connect(config.broker_url)
-    store = RedisTaskStore(client, config.retention_s, config.namespace)
+    metrics = ServerMetrics()
+    store = ObservedTaskStore(RedisTaskStore(client, config.retention_s, config.namespace), metrics)
     results = RedisResultStore(client, config.retention_s, config.namespace)
-    return Backend(store, results, BrokerDispatcher(engine, config, client, store))
+    return Backend(store, results, BrokerDispatcher(engine, config, client, store), metrics)

@@ -1,14 +1,14 @@
 """Worker heartbeats in Redis: who is alive, which queues each consumes, what it holds.
 
 API replicas route a job to its model's queue only while some live worker consumes that queue,
-and GET /engine/stats gathers the workers' engine statistics from here.
+and GET /engine/stats, /engine/status and /readyz gather the workers' engines' state from here.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import redis
@@ -26,7 +26,15 @@ class WorkerBeat:
     models: list[str]  # checkpoint codes loaded on some device now
     running: list[str] = field(default_factory=list)  # task ids in hand
     stats: dict[str, Any] = field(default_factory=dict)  # its engine's EngineStats snapshot
+    status: dict[str, Any] = field(default_factory=dict)  # its engine's server.status JSON
     at: float = 0.0
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> WorkerBeat:
+        """A published beat; fields this version does not know (a newer worker's) are left
+        out, missing ones take their defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(raw).items() if k in known})
 
 
 class WorkerRegistry:
@@ -51,7 +59,7 @@ class WorkerRegistry:
         now = time.time()
         beats, forgotten = [], []
         for raw in self.client.hgetall(self.config.workers_key).values():
-            beat = WorkerBeat(**json.loads(raw))
+            beat = WorkerBeat.from_json(raw)
             if beat.at >= now - self.config.lease_s:
                 beats.append(beat)
             elif beat.at < now - FORGET_AFTER_LEASES * self.config.lease_s:

@@ -8,11 +8,13 @@ import socket
 from typing import Any
 
 from celery import bootsteps
+from prometheus_client import start_http_server
 
 from pipelines.engine import Engine
 from server.cluster.celery_app import make_celery
 from server.cluster.config import DEFAULT_QUEUE, TASK_NAME, ClusterConfig
 from server.cluster.worker import WorkerRuntime
+from server.metrics import combined
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,15 @@ def queue_subscriber(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
 
 
 def run_worker(
-    engine: Engine, config: ClusterConfig, name: str | None, concurrency: int, log_level: str
+    engine: Engine,
+    config: ClusterConfig,
+    name: str | None,
+    concurrency: int,
+    log_level: str,
+    metrics_port: int = 0,
 ) -> int:
+    """metrics_port: serve the worker's engine and task metrics (Prometheus text) at
+    http://0.0.0.0:PORT/metrics; 0: not at all."""
     celery = make_celery(config)
     node = node_name(name)
     runtime = WorkerRuntime(engine, config, node, celery)
@@ -67,6 +76,11 @@ def run_worker(
 
     celery.steps["consumer"].add(queue_subscriber(runtime))
     runtime.start()
+    if metrics_port:
+        start_http_server(
+            metrics_port, registry=combined([runtime.metrics.registry, engine.metrics.registry])
+        )
+        log.info("metrics on port %d", metrics_port)
     log.info("worker %s on %s, %d task(s) at once", node, ", ".join(engine.devices), concurrency)
     worker = celery.Worker(
         hostname=node,

@@ -36,7 +36,10 @@ from server.cluster.redis_client import WORKER_PATIENCE_S, connect
 from server.cluster.redis_results import RedisResultStore
 from server.cluster.redis_tasks import RedisTaskStore
 from server.cluster.registry import WorkerBeat, WorkerRegistry
+from server.metrics import ServerMetrics
 from server.results import Encoding, ImageFormat
+from server.status import status_json
+from server.taskstore.observed import ObservedTaskStore
 from server.tracking import TaskTracker
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,11 @@ class WorkerRuntime:
         self.name = name  # the Celery node name (name@host), also its name in the registry
         self.celery = celery
         self.client = connect(config.broker_url, patience_s=WORKER_PATIENCE_S)
-        self.store = RedisTaskStore(self.client, config.retention_s, config.namespace)
+        # Task state changes are logged and counted here, where workers make them.
+        self.metrics = ServerMetrics()
+        self.store = ObservedTaskStore(
+            RedisTaskStore(self.client, config.retention_s, config.namespace), self.metrics
+        )
         self.results = RedisResultStore(self.client, config.retention_s, config.namespace)
         self.tracker = TaskTracker(
             self.store, self.results, engine.stats, record_interruptions=False
@@ -211,6 +218,7 @@ class WorkerRuntime:
                 models=models,
                 running=leases,
                 stats=self.engine.stats.snapshot(),
+                status=status_json(self.engine.status()),
             )
         )
         wanted = {model_queue(code) for code in models} | self._orphaned_queues()

@@ -18,6 +18,7 @@ from server.access import Admission, QuotaExceeded, QuotaKind
 from server.dispatch import Dispatcher
 from server.keys import KeyStore
 from server.limits import Limits
+from server.metrics import count_error_reply
 from server.picpik import protocol as wire
 from server.picpik.common import (
     DEFAULT_CFG_SCALE,
@@ -155,6 +156,7 @@ class PicpikService:
 
     @staticmethod
     def _error(code: RetCode, message: str, action: str, request_uuid: str) -> dict[str, Any]:
+        count_error_reply(PROTOCOL, str(int(code)))  # GET /metrics: easel_error_replies_total
         return {
             "RetCode": int(code),
             "Action": action,

@@ -11,6 +11,8 @@ from enum import StrEnum
 from typing import Any
 
 from pipelines.jobs import ErrorCode
+from server.metrics import count_error_reply
+from server.runware.common import PROTOCOL
 
 
 class Code(StrEnum):
@@ -65,6 +67,7 @@ class RunwareError(Exception):
         return cls(ENGINE_CODES.get(code, Code.INTERNAL_ERROR), message, parameter)
 
     def item(self, task_type: str | None, task_uuid: str | None) -> dict[str, Any]:
+        count_error_reply(PROTOCOL, self.code.value)  # GET /metrics: easel_error_replies_total
         item: dict[str, Any] = {"code": self.code.value, "message": self.message}
         if self.parameter is not None:
             item["parameter"] = self.parameter

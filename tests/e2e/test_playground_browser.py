@@ -1,0 +1,243 @@
+"""The playground page (GET /) in headless Chromium against a real `easel serve`.
+
+The page talks to the server only through the public APIs (the Runware WebSocket, signed PICPIK
+POSTs, /engine/events); every request to anywhere else is refused, so the page is shown to work
+offline. One server (the embedded demo model) and one browser for the module; each test opens
+its own page (its own localStorage). Generations are 64x64 so they take a second or two.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from server import jsonbody
+from server.picpik.signature import render, sign
+from tests.e2e.browser import artifact, launched_browser
+from tests.e2e.server_process import ServerProcess
+
+DONE_TIMEOUT_MS = 90_000  # the first job also loads the model
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Records every value a task card's progress bar takes (the page sets the attribute).
+RECORD_PROGRESS = """() => {
+  window.progressSeen = [];
+  new MutationObserver((changes) => {
+    for (const change of changes) {
+      if (change.target.tagName === "PROGRESS") window.progressSeen.push(change.target.value);
+    }
+  }).observe(document.getElementById("tasks"),
+             {subtree: true, attributes: true, attributeFilter: ["value"]});
+}"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root: Path = tmp_path_factory.mktemp("playground")
+    with ServerProcess(root / "data") as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    yield from launched_browser()
+
+
+class Playground:
+    """An open playground page, with what it sent over the WebSocket and anything refused."""
+
+    def __init__(self, browser: Any, server: ServerProcess) -> None:
+        self.server = server
+        self.page = browser.new_page(viewport={"width": 1280, "height": 900})
+        self.outside: list[str] = []
+        self.errors: list[str] = []
+        self.sent: list[Any] = []
+        self.page.route("**/*", self._only_the_server)
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("websocket", self._record_frames)
+        self.page.goto(server.url + "/")
+        self.page.wait_for_selector('#connection[data-state="connected"]', timeout=30_000)
+        self.page.wait_for_selector('#model option[value="easel-demo"]', state="attached")
+        self.page.evaluate(RECORD_PROGRESS)
+
+    def _only_the_server(self, route: Any) -> None:
+        if route.request.url.startswith(self.server.url):
+            route.continue_()
+        else:
+            self.outside.append(route.request.url)
+            route.abort()
+
+    def _record_frames(self, socket: Any) -> None:
+        socket.on("framesent", lambda payload: self.sent.append(json.loads(payload)))
+
+    def fill(self, **fields: str) -> None:
+        for name, value in fields.items():
+            self.page.fill(f"#{name}", value)
+
+    def choose_image(self, image: Image.Image) -> None:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        file = {"name": "input.png", "mimeType": "image/png", "buffer": buffer.getvalue()}
+        self.page.set_input_files("#image", files=[file])
+        self.page.wait_for_function(
+            "() => document.getElementById('image-preview').naturalWidth > 0"
+        )
+
+    def generate(self) -> Any:
+        """Submit the form; the task card once it is done (its state text if it failed)."""
+        self.page.click("#submit")
+        card = self.page.locator(".task").first
+        self.page.wait_for_selector(
+            '.task[data-state="done"], .task[data-state="error"]', timeout=DONE_TIMEOUT_MS
+        )
+        assert card.get_attribute("data-state") == "done", card.locator(".state").inner_text()
+        return card
+
+    def progress_seen(self) -> list[float]:
+        return self.page.evaluate("() => window.progressSeen")
+
+    def check_result(self, card: Any) -> str:
+        """The card's result image: shown, and served by the server as a PNG; its URL."""
+        image = card.locator(".thumbs img").first
+        image.wait_for()
+        self.page.wait_for_function("(img) => img.complete", arg=image.element_handle())
+        assert image.evaluate("(img) => img.naturalWidth") > 0
+        src = image.get_attribute("src")
+        assert src.startswith(self.server.url + "/results/") and src.endswith(".png"), src
+        response = httpx.get(src, timeout=30)
+        assert response.headers["content-type"] == "image/png"
+        assert response.content.startswith(PNG_MAGIC)
+        return src
+
+    def close(self) -> None:
+        assert self.outside == [], self.outside  # nothing loaded from elsewhere
+        assert self.errors == [], self.errors
+        self.page.close()
+
+
+@pytest.fixture()
+def playground(browser: Any, server: ServerProcess) -> Iterator[Playground]:
+    opened = Playground(browser, server)
+    yield opened
+    opened.close()
+
+
+def test_txt2img_shows_progress_and_the_image(playground: Playground) -> None:
+    page = playground.page
+    playground.fill(prompt="a lighthouse at dusk", width="64", height="64", steps="20", seed="7")
+    card = playground.generate()
+
+    seen = playground.progress_seen()
+    assert any(0 < value < 100 for value in seen), seen  # progress moved while it ran
+    assert seen == sorted(seen), seen
+    src = playground.check_result(card)
+    # The gallery keeps it, newest first, with its prompt and seed.
+    first = page.locator("#gallery li").first
+    assert first.locator("a").get_attribute("href") == src
+    assert first.locator(".caption").inner_text() == "a lighthouse at dusk"
+    assert "seed 7" in first.inner_text()
+    stored = page.evaluate("() => JSON.parse(localStorage.getItem('easel.playground.gallery'))")
+    assert stored[0]["url"] == src and stored[0]["seed"] == 7
+    # What went out: an async Runware task with the form's parameters.
+    (task,) = [t for m in playground.sent for t in m if t.get("taskType") == "imageInference"]
+    assert task["deliveryMethod"] == "async"
+    assert (task["width"], task["height"], task["steps"], task["seed"]) == (64, 64, 20, 7)
+    assert task["model"] == "easel-demo" and task["positivePrompt"] == "a lighthouse at dusk"
+    page.screenshot(path=str(artifact("playground.png")), full_page=True)
+
+
+def test_inpaint_sends_the_painted_mask(playground: Playground) -> None:
+    page = playground.page
+    page.select_option("#action", "inpaint")
+    playground.fill(prompt="a red door", width="64", height="64", steps="8", seed="3")
+    playground.choose_image(Image.fromarray(np.full((64, 64, 3), 128, np.uint8)))
+    box = page.locator("#mask-canvas").bounding_box()
+    scale = box["width"] / 64  # the canvas has the image's own size: 64x64 pixels
+    page.fill("#brush", "8")
+    page.mouse.move(box["x"] + 8 * scale, box["y"] + 8 * scale)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 8 * scale, box["y"] + 40 * scale, steps=8)
+    page.mouse.up()
+    card = playground.generate()
+    playground.check_result(card)
+
+    (task,) = [t for m in playground.sent for t in m if t.get("taskType") == "imageInference"]
+    assert task["seedImage"].startswith("data:image/png;base64,")
+    header, data = task["maskImage"].split(",", 1)
+    assert header == "data:image/png;base64"
+    mask = np.array(Image.open(io.BytesIO(base64.b64decode(data))).convert("L"))
+    assert mask.shape == (64, 64)
+    assert mask[20, 8] == 255 and mask[36, 8] == 255  # painted: white, redraw
+    assert mask[8, 40] == 0 and mask[60, 60] == 0  # not painted: black, keep
+
+
+def test_background_goes_through_picpik(playground: Playground) -> None:
+    page = playground.page
+    page.select_option("#action", "background")
+    playground.fill(prompt="a beach", width="64", height="64", steps="8")
+    foreground = np.zeros((64, 64, 4), np.uint8)
+    foreground[16:48, 16:48] = (200, 40, 40, 255)  # an opaque square, transparent around it
+    playground.choose_image(Image.fromarray(foreground, "RGBA"))
+    card = playground.generate()
+    playground.check_result(card)
+    assert page.locator("#gallery li").count() == 1
+
+
+def test_page_signs_picpik_requests_as_the_server_checks_them(playground: Playground) -> None:
+    """The page's signing (SHA-1 in JS, the signing tool's rendering) against
+    server/picpik/signature.py, on what the server parses from the page's JSON."""
+    rng = random.Random(9)
+    floats = [rng.uniform(-1, 1) * 10 ** rng.randint(-12, 25) for _ in range(200)]
+    floats += [0.1, 1e-7, 2.5e-10, 123.456, 1e21, 1e22, 3.0, -0.0, 5e-324, 1.7976931348623157e308]
+    requests: list[dict[str, Any]] = [
+        {"Action": "ListModels", "PublicKey": "abcdefg"},  # the published test vector
+        {
+            "Action": "GenerateImages",
+            "PublicKey": "pk",
+            "request_uuid": "r-1",
+            "PositivePrompts": ["un chat 猫 🐈", "x" * 1000],
+            "NegativePrompts": [],
+            "MainModel": {"ModelCode": "easel-demo", "InferenceParams": {"CFGScale": 7.5}},
+            "Seed": -1,
+            "Tileable": False,
+            "UseMainModelVAE": True,
+            "Image2Image": None,
+            "Empty": "",
+            "Nested": [[1, 2.5, [True, None]], {"b": 1, "a": [{"z": 0.25}]}],
+        },
+        # keys whose code-point order differs from UTF-16 order (U+FF01 before U+1F600)
+        {"Action": "X", "Map": {"😀": 1, "\uff01": 2, "é": 3, "Z": 4, "a": 5, "_": 6, "": 7}},
+        {"Action": "Floats", "Values": floats},
+    ]
+    results = playground.page.evaluate(
+        """(text) => JSON.parse(text).map((request) => ({
+             sent: JSON.stringify(request),
+             signature: window.easelPlayground.signRequest(request, "123456"),
+             rendered: request.Values ? request.Values.map(window.easelPlayground.renderSigned)
+                                      : null,
+           }))""",
+        json.dumps(requests),
+    )
+    assert results[0]["signature"] == "4a20bc1141494035f6aaaad13224c94c5a8bc3a5"
+    for request, result in zip(requests, results, strict=True):
+        parsed = jsonbody.loads(result["sent"])  # what the server will check
+        assert result["signature"] == sign(parsed, "123456"), request["Action"]
+    for request, result in zip(requests[:3], results[:3], strict=True):
+        assert result["signature"] == sign(request, "123456"), request["Action"]
+    # Each float as the server renders what it parses. An integral float between 2**53 and
+    # 1e21 reaches it as the int JavaScript writes ("1234567890123456800"), not the float's
+    # exact value: the page signs what it sends, which is what matters.
+    sent = jsonbody.loads(results[3]["sent"])["Values"]
+    assert results[3]["rendered"] == [render(value) for value in sent]
+    exact = [i for i, value in enumerate(floats) if not (2**53 <= abs(value) < 1e21)]
+    assert len(exact) > 150
+    assert [results[3]["rendered"][i] for i in exact] == [render(floats[i]) for i in exact]
