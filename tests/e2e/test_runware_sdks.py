@@ -49,7 +49,7 @@ SDK_1 = KINDS[1:]
 SCENARIOS = {
     "runware-0.5": "bad_key,txt2img,img2img,inpaint,controlnet,bad_param,model_search,pong",
     "runware-sdk-1": "bad_key,txt2img,txt2img_sync,img2img,inpaint,controlnet,bad_param,"
-    "model_search",
+    "model_search,progress",
 }
 CLIENT_TIMEOUT_S = 240
 
@@ -219,6 +219,25 @@ def test_sdk_1_default_async_delivery_is_acknowledged_then_polled(
     assert inference["deliveryMethod"] == "async"
     polls = [task for task in tasks if task["taskType"] == "getResponse"]
     assert polls and all(task["taskUUID"] == inference["taskUUID"] for task in polls)
+
+
+def test_sdk_1_on_progress_sees_the_pushed_progress_on_the_websocket(
+    results: dict[str, dict[str, Any]],
+) -> None:
+    """Async tasks on a WebSocket get their progress pushed (server/runware/progress.py): the
+    SDK's documented on_progress callback sees it rise through the steps, then the images."""
+    result = succeeded(results, "runware-sdk-1/websocket", "progress")
+    progress = result["progress"]
+    assert progress == sorted(progress), progress
+    assert len([p for p in progress if 0 < p < 100]) >= 2, progress
+    assert [image["seed"] for image in result["images"]] == [77]
+    pushed = [
+        item
+        for frame in result["received"]
+        for item in frame.get("data", [])
+        if item.get("status") == "processing" and "progress" in item
+    ]
+    assert pushed, "no progress item came over the socket"
 
 
 @pytest.mark.parametrize("kind", SDK_1)

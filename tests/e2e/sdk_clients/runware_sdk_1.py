@@ -106,6 +106,15 @@ async def model_search(client: Runware, files: Path) -> dict[str, Any]:
     return {"items": found}
 
 
+async def progress(client: Runware, files: Path) -> dict[str, Any]:
+    """The SDK's on_progress callback, fed by the progress items the server pushes (on the
+    WebSocket) or returns to getResponse polls (REST)."""
+    seen: list[Any] = []
+    options = RunOptions(timeout=TIMEOUT_MS, on_progress=lambda item: seen.append(item["progress"]))
+    items = await client.run({**BASE, "steps": 24, "seed": 77}, options)
+    return {"images": images(items), "progress": seen}
+
+
 SCENARIOS: dict[str, Callable[[Runware, Path], Awaitable[dict[str, Any]]]] = {
     "txt2img": txt2img,
     "txt2img_sync": txt2img_sync,
@@ -114,6 +123,7 @@ SCENARIOS: dict[str, Callable[[Runware, Path], Awaitable[dict[str, Any]]]] = {
     "controlnet": controlnet,
     "bad_param": bad_param,
     "model_search": model_search,
+    "progress": progress,
 }
 
 
