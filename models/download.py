@@ -60,7 +60,7 @@ class Downloaded:
     size: int
     sha256: str
     received: int  # bytes fetched by this run (the rest was on disk already)
-    resumed_from: int  # bytes the first attempt of this run found on disk
+    resumed_from: int  # bytes an earlier run had fetched, which this one kept
     seconds: float  # time spent receiving
     published_sha256: str | None  # what the server says the file's sha256 is, if it says
     filename: str | None  # the name the server gives it (Content-Disposition), if any
@@ -76,6 +76,7 @@ class _State:
     seconds: float = 0.0
     published: str | None = None
     filename: str | None = None
+    resumed_from: int | None = None  # where the first answer of the run started
 
 
 HeadCheck = Callable[[bytes], None]
@@ -113,23 +114,22 @@ def download(
     """
     part.parent.mkdir(parents=True, exist_ok=True)
     _forget_other_url(part, url)
-    resumed_from = part.stat().st_size if part.exists() else 0
     state = _State(hashlib.sha256())
     for attempt in range(retries + 1):
         try:
-            _attempt(url, part, client, reporter, headers or {}, state, check_response, check_head)
+            try:
+                _attempt(
+                    url, part, client, reporter, headers or {}, state, check_response, check_head
+                )
+            finally:
+                reporter.finish()
             break
         except (httpx.TransportError, _Incomplete) as error:
             have = part.stat().st_size if part.exists() else 0
             if attempt == retries:
-                raise DownloadError(
-                    f"download interrupted at {describe_size(have)} ({_reason(error)}); run the "
-                    "same command again to resume"
-                ) from None
+                raise DownloadError(_interrupted(url, have, error)) from None
             reporter.note(f"connection lost at {describe_size(have)} ({_reason(error)}); resuming")
             time.sleep(backoff_s * (attempt + 1))
-        finally:
-            reporter.finish()
     size = part.stat().st_size
     _catch_up(part, state, size)
     return Downloaded(
@@ -137,7 +137,7 @@ def download(
         size,
         state.hasher.hexdigest(),
         state.received,
-        resumed_from,
+        state.resumed_from or 0,
         state.seconds,
         state.published,
         state.filename,
@@ -150,6 +150,15 @@ class _Incomplete(Exception):
 
 def _reason(error: Exception) -> str:
     return str(error) or type(error).__name__
+
+
+def _interrupted(url: str, have: int, error: Exception) -> str:
+    if isinstance(error, httpx.ConnectError) and not have:
+        return f"cannot reach {httpx.URL(url).host}: {_reason(error)}"
+    return (
+        f"download interrupted at {describe_size(have)} ({_reason(error)}); run the same "
+        "command again to resume"
+    )
 
 
 def _attempt(
@@ -171,11 +180,12 @@ def _attempt(
             headers["If-Range"] = validator
     with client.stream("GET", url, headers=headers) as response:
         _remember_published(response, state)
-        complete = response.status_code == 416 and have
-        if not complete:
+        if response.status_code != 416 or not have:
             _take(url, response, part, have, reporter, state, check_response, check_head)
             return
+        # 416 to `bytes=have-`: nothing left to send, or the file is now shorter than that
         if _content_range(response.headers.get("content-range", ""))[2] == have:
+            state.resumed_from = have if state.resumed_from is None else state.resumed_from
             return  # the partial file held the whole file already
     reporter.note("the server cannot resume this partial file: starting over")
     _restart(part, state)
@@ -203,6 +213,7 @@ def _take(
         reporter.note("the server sent the whole file again: starting over")
         _restart(part, state)
     _save_validator(part, url, response)
+    state.resumed_from = start if state.resumed_from is None else state.resumed_from
     _catch_up(part, state, start)
     length = _int(response.headers.get("content-length"))
     total = start + length if length is not None else None

@@ -24,6 +24,8 @@ import os
 import re
 import shutil
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
@@ -54,8 +56,14 @@ from models.hub import Hub, HubError, HuggingFaceHub, parse_repo_source, resolve
 from models.manifest import MANIFEST_NAME, ManifestError, apply_manifest, load_manifest
 from models.scan import KIND_FOLDERS, SAFETENSORS_SUFFIXES, detect_safetensors, scan_models_dir
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so two pulls of one file must not overlap
+    fcntl = None  # type: ignore[assignment]
+
 PARTIAL_DIR = ".partial"  # under models_dir; the scan never looks into dot-folders
-SIDECAR_SUFFIX = ".sha256"  # <url>.sha256: a digest published next to a plain URL's file
+SIDECAR_SUFFIX = ".sha256"
+HUB_HOST = "huggingface.co"  # <url>.sha256: a digest published next to a plain URL's file
 
 # Where each kind a pull can install goes when the models directory has no folder for it yet.
 INSTALL_FOLDERS: dict[ModelKind, str] = {
@@ -175,13 +183,18 @@ def _source(text: str, hub: Hub | None) -> _Source:
 
 def _url_source(url: str, hub: Hub | None) -> _Source:
     parsed = urlparse(url)
-    hub_host = urlparse(hub.endpoint).netloc if hub is not None else "huggingface.co"
-    if parsed.netloc == hub_host and "/blob/" in parsed.path:  # the web page of a Hub file
-        url = parsed._replace(path=parsed.path.replace("/blob/", "/resolve/", 1)).geturl()
-        parsed = urlparse(url)
+    headers: dict[str, str] = {}
+    hub_host = urlparse(hub.endpoint).netloc if hub is not None else HUB_HOST
+    if parsed.netloc == hub_host:  # a Hub URL: the user's token reaches private repos
+        if "/blob/" in parsed.path:  # the file's web page: its download is at /resolve/
+            url = parsed._replace(path=parsed.path.replace("/blob/", "/resolve/", 1)).geturl()
+            parsed = urlparse(url)
+        token = (hub or HuggingFaceHub()).token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+    label = url.split("?", 1)[0]  # a query string may hold a signed token
     name = unquote(PurePosixPath(parsed.path).name)
-    _refuse_suffix(name, url)
-    return _Source(url, name, url.split("?", 1)[0], {}, None, parsed.netloc, True)
+    _refuse_suffix(name, label)
+    return _Source(url, name, label, headers, None, parsed.netloc, True)
 
 
 def _refuse_suffix(name: str, label: str) -> None:
@@ -246,14 +259,38 @@ def pull(
     own_client = client is None
     client = client or httpx.Client(follow_redirects=True, timeout=TIMEOUT)
     try:
-        reporter.note(f"pulling {source.label}")
-        fetched = _fetch(source, part, client, reporter, request)
-        verified_by = _verify(source, fetched, expected, client, part)
+        with _exclusive(part):
+            reporter.note(f"pulling {source.label}")
+            fetched = _fetch(source, part, client, reporter, request)
+            verified_by = _verify(source, fetched, expected, client, part)
+            name = fetched.filename if _is_safetensors_name(fetched.filename) else source.name
+            code = code or _code_from_name(name, source)
+            return _install(request, part, fetched, verified_by, code)
     finally:
         if own_client:
             client.close()
-    name = fetched.filename if _is_safetensors_name(fetched.filename) else source.name
-    return _install(request, part, fetched, verified_by, code or _code_from_name(name, source))
+        _tidy(part.parent)
+
+
+@contextmanager
+def _exclusive(part: Path) -> Iterator[None]:
+    """One pull per partial file at a time: two would write into the same file. An advisory
+    lock the kernel drops when its process dies, so a killed pull never blocks the next."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    lock = part.with_name(part.name + ".lock")
+    with lock.open("a") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise PullError(
+                    "another `easel models pull` is downloading the same file into this models "
+                    "directory"
+                ) from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 def _fetch(
@@ -400,12 +437,9 @@ def _install(
                 "OTHER_CODE (the download is kept: nothing is fetched again)"
             )
         replaced = not unchanged
-    if unchanged:
-        discard(part)
-    else:
+    if not unchanged:
         _place(part, dest)
-        discard(part)
-    _tidy(part.parent)
+    discard(part)
     after = _installed(request.models_dir)
     notes = list(after.notes)
     spec = next((s for s in after.specs if _same_file(s.path, dest)), None)
@@ -442,7 +476,7 @@ def _classify(part: Path, kind: ModelKind | None) -> tuple[ModelKind, Detected]:
             kind = classify(header, source=label).kind
         except ModelDetectionError as error:
             raise PullError(
-                f"{_message(error, part)}: pass --kind ({', '.join(INSTALL_FOLDERS.values())}) "
+                f"{_message(error, part)}: pass --kind ({', '.join(INSTALL_FOLDERS)}) "
                 "if you know what it is (the download is kept)"
             ) from None
         if kind not in INSTALL_FOLDERS:

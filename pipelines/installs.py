@@ -11,11 +11,12 @@ from pathlib import Path
 
 from models.catalogue import ModelKind, ModelSpec
 from models.download import DownloadReporter, describe_size, describe_speed
-from models.install import KIND_NAMES, PullError, PullRequest, pull
+from models.install import INSTALL_FOLDERS, KIND_NAMES, PullError, PullRequest, pull
 from models.manifest import ManifestError
 
 __all__ = [
     "INSTALL_KINDS",
+    "KIND_CHOICES",
     "DownloadReporter",
     "InstalledModel",
     "PullError",
@@ -27,7 +28,8 @@ __all__ = [
     "pull_model",
 ]
 
-INSTALL_KINDS: tuple[str, ...] = tuple(KIND_NAMES)  # what --kind accepts
+INSTALL_KINDS: tuple[str, ...] = tuple(kind.value for kind in INSTALL_FOLDERS)
+KIND_CHOICES: tuple[str, ...] = tuple(KIND_NAMES)  # what --kind accepts: those, and spellings
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,9 @@ def pull_model(options: PullOptions, reporter: DownloadReporter) -> Pulled:
     if options.kind is not None:
         kind = KIND_NAMES.get(options.kind.lower())
         if kind is None:
-            raise PullError(f"--kind must be one of {', '.join(INSTALL_KINDS)}")
+            raise PullError(
+                f"--kind must be one of {', '.join(INSTALL_KINDS)}, not {options.kind!r}"
+            )
     request = PullRequest(
         source=options.source,
         models_dir=options.models_dir,

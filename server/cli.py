@@ -411,6 +411,7 @@ def run_worker(args: argparse.Namespace) -> int:
         args.concurrency,
         args.log_level,
         metrics_port=args.metrics_port,
+        quiet=args.log_json,
     )
 
 

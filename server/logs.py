@@ -1,12 +1,16 @@
 """Logging for `easel serve` and `easel worker`: text lines, or with --log-json one JSON object a
 line for log collectors.
 
-A JSON line holds ts (UTC, ISO 8601), level, logger and message, plus the record's `extra=`
-fields (task state lines carry task_id, state, protocol, action; uvicorn's access lines carry
-client, method, path and status) and the traceback as exc. With JSON on, everything that would
-write to stderr by itself goes through the root logger instead: Python warnings, and the loggers
-that libraries (transformers, diffusers...) gave a handler of their own; uvicorn is started
-without its own logging config (server/cli.py), so its loggers reach the root logger too.
+A JSON line holds ts (UTC, ISO 8601), level, logger and message, the `extra=` fields named in
+EXTRA_FIELDS (task state lines carry task_id, state, protocol, action, and code or images),
+uvicorn's access fields (client, method, path, http_version, status) and the traceback as exc.
+Other `extra=` fields are left out: libraries attach what they like there (Celery attaches a
+received task's arguments, prompts included), and prompts and keys stay out of the logs.
+
+With JSON on, everything that would write to stderr by itself goes through the root logger
+instead: Python warnings, and the loggers that libraries (transformers, diffusers...) gave a
+handler of their own; uvicorn is started without its own logging config
+(server.operator_routes.run_server), so its loggers reach the root logger too.
 """
 
 from __future__ import annotations
@@ -19,13 +23,8 @@ from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-# LogRecord's own attributes: what is not one of these came in through `extra=`.
-_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
-    "message",
-    "asctime",
-    "taskName",
-}
-_DROPPED = frozenset({"color_message"})  # uvicorn's ANSI-coloured copy of the message
+# `extra=` fields a JSON line carries (server.taskstore.observed sets them on task lines)
+EXTRA_FIELDS = ("task_id", "state", "protocol", "action", "code", "images")
 _ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")  # uvicorn.access args
 
 
@@ -40,9 +39,9 @@ class JsonFormatter(logging.Formatter):
         if record.name == "uvicorn.access" and isinstance(record.args, tuple):
             if len(record.args) == len(_ACCESS_FIELDS):
                 entry.update(zip(_ACCESS_FIELDS, record.args, strict=True))
-        for key, value in vars(record).items():
-            if key not in _RECORD_FIELDS and key not in _DROPPED and not key.startswith("_"):
-                entry[key] = value
+        for key in EXTRA_FIELDS:
+            if key in vars(record):
+                entry[key] = vars(record)[key]
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         if record.stack_info:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from pipelines.installs import (
     INSTALL_KINDS,
+    KIND_CHOICES,
     InstalledModel,
     Pulled,
     PullError,
@@ -66,7 +67,10 @@ def add_models_parser(
         "--as", dest="code", metavar="CODE", help="the model's code (default: the file's name)"
     )
     pull.add_argument(
-        "--kind", choices=INSTALL_KINDS, help="install as this kind (default: read from the file)"
+        "--kind",
+        choices=KIND_CHOICES,
+        metavar="KIND",
+        help=f"install as this kind: {', '.join(INSTALL_KINDS)} (default: read from the file)",
     )
     pull.add_argument(
         "--sha256", metavar="HEX", help="the file's expected sha256 (default: what the server "
@@ -82,8 +86,18 @@ def add_models_parser(
         help="times a dropped connection is resumed before giving up (default 3)",
     )
     # Also accepted after `pull`; SUPPRESS keeps values given before it (`easel models --x pull`).
-    pull.add_argument("--models-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    pull.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    pull.add_argument(
+        "--models-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="where to install (EASEL_MODELS_DIR; default DATA_DIR/models)",
+    )
+    pull.add_argument(
+        "--data-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="the server's data directory (EASEL_DATA_DIR)",
+    )
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -108,7 +122,7 @@ def _list(settings: Settings, allow_pickle: bool) -> int:
     for note in notes:
         log.warning("%s", note)
     print(f"models directory: {models_dir}")
-    rows = [("KIND", "CODE", "ARCH", "PATH", "ALSO ANSWERS TO")]
+    rows = [("KIND", "CODE", "ARCH", "PATH", "PUBLIC IDS")]
     rows += [_row(model, models_dir) for model in models]
     print_table(rows, sys.stdout)
     return 0
@@ -116,8 +130,10 @@ def _list(settings: Settings, allow_pickle: bool) -> int:
 
 def _row(model: InstalledModel, models_dir: Path) -> tuple[str, ...]:
     path = model.path
-    if path.is_relative_to(models_dir):
-        path = path.relative_to(models_dir)
+    for root in (models_dir, models_dir.resolve()):
+        if path.is_relative_to(root):
+            path = path.relative_to(root)
+            break
     shown = f"{path} (built-in demo)" if model.is_demo else str(path)
     return (model.kind, model.code, model.architecture, shown, ", ".join(model.public_ids))
 
@@ -135,8 +151,8 @@ def print_table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
 class ProgressBar:
     """A tqdm bar on stderr while bytes arrive (drawn only on a terminal); notes on stderr."""
 
-    def __init__(self, out: TextIO = sys.stderr) -> None:
-        self.out = out
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stderr
         self.bar: tqdm | None = None
 
     def note(self, message: str) -> None:
@@ -154,7 +170,7 @@ class ProgressBar:
             unit_scale=True,
             unit_divisor=1024,
             file=self.out,
-            disable=None,  # not drawn when stderr is not a terminal
+            disable=not self.out.isatty(),  # logs and pipes get the summary lines only
             dynamic_ncols=True,
             miniters=1,
         )
@@ -179,6 +195,7 @@ def _pull(args: argparse.Namespace, models_dir: Path) -> int:
         force=args.force,
         retries=max(0, args.retries),
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     try:
         pulled = pull_model(options, ProgressBar())
     except PullError as error:
@@ -206,7 +223,7 @@ def describe_pull(pulled: Pulled) -> list[str]:
     check = (
         f"verified against {pulled.verified_by}"
         if pulled.verified_by
-        else "not verified: the server publishes no digest (pass --sha256 to check one)"
+        else "not verified: no published digest; pass --sha256 to check it"
     )
     lines.append(f"sha256 {pulled.sha256} ({check})")
     what = f"{'inpainting ' if pulled.inpainting else ''}{pulled.kind} ({pulled.architecture})"

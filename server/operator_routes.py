@@ -29,6 +29,18 @@ from server.metrics import MetricsScope, ServerMetrics, combined
 EVENT_INTERVAL_S = 0.5
 _TICK_S = 0.1  # how soon a stream notices the server is shutting down
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+STATUS_EXAMPLE = {
+    "ready": True,
+    "queue": {"jobs": 3, "images": 6},
+    "devices": [
+        {
+            "device": "cuda:0",
+            "models": ["easel-demo"],
+            "batch": {"model": "easel-demo", "jobs": 2, "images": 4, "progress": 0.35},
+        }
+    ],
+    "images_per_second": 5.2,
+}
 
 
 class EventStreams:
@@ -65,13 +77,30 @@ def add_operator_routes(app: FastAPI, dispatcher: Dispatcher, metrics: ServerMet
     app.add_middleware(MetricsScope, metrics=metrics)  # error replies count into `metrics`
     registry = combined([metrics.registry, *dispatcher.metrics()])
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
+    # /metrics (Prometheus text) and /engine/events (an endless stream) are left out of the
+    # OpenAPI document: neither has a JSON answer to describe (the API description names them).
+    @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
         """Prometheus metrics (text exposition format)."""
         body = await asyncio.to_thread(generate_latest, registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/readyz", tags=["health"], response_model=None)
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        response_model=None,
+        responses={
+            200: {"content": {"application/json": {"example": {"status": "ready"}}}},
+            503: {
+                "description": "No model is loaded yet",
+                "content": {
+                    "application/json": {
+                        "example": {"status": "not ready", "reason": "loading easel-demo"}
+                    }
+                },
+            },
+        },
+    )
     async def readyz() -> JSONResponse:
         """200 once a model is loaded (a job starts without waiting for a load), else 503."""
         reason = await dispatcher.readiness()
@@ -79,12 +108,16 @@ def add_operator_routes(app: FastAPI, dispatcher: Dispatcher, metrics: ServerMet
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
 
-    @app.get("/engine/status", tags=["health"])
+    @app.get(
+        "/engine/status",
+        tags=["health"],
+        responses={200: {"content": {"application/json": {"example": STATUS_EXAMPLE}}}},
+    )
     async def engine_status() -> dict[str, Any]:
         """The queue, each device's models and running batch, and images per second."""
         return await dispatcher.status()
 
-    @app.get("/engine/events", tags=["health"], response_class=StreamingResponse)
+    @app.get("/engine/events", include_in_schema=False)
     async def engine_events() -> StreamingResponse:
         """/engine/status as Server-Sent Events (`event: status`), every 0.5 s."""
         return StreamingResponse(

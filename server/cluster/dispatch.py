@@ -216,14 +216,18 @@ class BrokerDispatcher:
     def cluster_status(self) -> dict[str, Any]:
         """The workers' own status (their heartbeats: up to a heartbeat old) plus the jobs the
         broker's queues still hold."""
-        return self._gather()[1]
+        return self.gather()[1]
 
-    def _gather(self) -> tuple[list[WorkerBeat], dict[str, Any]]:
+    def gather(self) -> tuple[list[WorkerBeat], dict[str, Any]]:
+        """The live workers' heartbeats, and the cluster's status from them."""
         beats = self.registry.live()
         return beats, gathered({beat.name: beat.status for beat in beats}, self._broker_jobs())
 
     async def readiness(self) -> str | None:
-        beats = await asyncio.to_thread(self.registry.live)
+        try:
+            beats = await asyncio.to_thread(self.registry.live)
+        except redis.RedisError as error:
+            return f"cannot reach the broker: {error}"
         if not beats:
             return "no live worker: start `easel worker`s on this broker"
         if not any(beat.models for beat in beats):
@@ -252,7 +256,7 @@ class _ClusterMetrics:
 
     def collect(self) -> list[Metric]:
         try:
-            beats, status = self.dispatcher._gather()
+            beats, status = self.dispatcher.gather()
         except redis.RedisError as error:
             log.warning("cannot read the cluster's status: %s", error)
             return []

@@ -63,9 +63,11 @@ def run_worker(
     concurrency: int,
     log_level: str,
     metrics_port: int = 0,
+    quiet: bool = False,
 ) -> int:
     """metrics_port: serve the worker's engine and task metrics (Prometheus text) at
-    http://0.0.0.0:PORT/metrics; 0: not at all."""
+    http://0.0.0.0:PORT/metrics; 0: not at all. quiet: no Celery banner (--log-json: every
+    line the worker writes is a log line)."""
     celery = make_celery(config)
     node = node_name(name)
     runtime = WorkerRuntime(engine, config, node, celery)
@@ -91,6 +93,7 @@ def run_worker(
         without_gossip=True,
         without_mingle=True,
         optimization="fair",
+        quiet=quiet,
     )
     try:
         worker.start()

@@ -196,7 +196,9 @@ async function picpik(action, fields) {
   });
   const reply = await response.json().catch(() => null);
   if (reply === null) throw new Error(`the PICPIK endpoint answered HTTP ${response.status}`);
-  if (reply.RetCode !== 0) throw new Error(`${reply.Message || "failed"} (RetCode ${reply.RetCode})`);
+  if (reply.RetCode !== 0) {
+    throw new Error(`${reply.Message || "failed"} (RetCode ${reply.RetCode})`);
+  }
   return reply;
 }
 
@@ -315,8 +317,10 @@ class RunwareSocket {
   authenticated(item, kind) {
     if (kind === "error") {
       this.onState("error", `authentication failed: ${errorText(item)}`);
+      $("keys-panel").open = this.openedKeys = true; // where to fix it
       return;
     }
+    if (this.openedKeys) $("keys-panel").open = this.openedKeys = false; // fixed
     this.sessionId = item.connectionSessionUUID;
     this.retryMs = 500;
     this.onState("connected", "connected");
@@ -362,12 +366,12 @@ class TaskCard {
   }
 
   /** Progress in percent; undefined: accepted, not started yet. */
-  progress(percent, what = "running") {
+  progress(percent) {
     if (this.node.dataset.state === "done" || this.node.dataset.state === "error") return;
     const started = typeof percent === "number" && percent > 0;
     this.node.dataset.state = started ? "running" : "queued";
     this.bar.value = started ? percent : 0;
-    this.state.textContent = started ? `${what} ${percent}%` : "queued";
+    this.state.textContent = started ? `running ${percent}%` : "queued";
   }
 
   note(text) {
@@ -375,6 +379,7 @@ class TaskCard {
   }
 
   addImage(url, entry) {
+    if (!isWebURL(url)) return;
     const image = el("img", { src: url, alt: entry.prompt, loading: "lazy" });
     this.thumbs.append(el("a", { href: url, target: "_blank", rel: "noopener" }, image));
     addToGallery({ url, ...entry });
@@ -393,7 +398,16 @@ class TaskCard {
   }
 }
 
-let gallery = loadJSON(STORAGE.gallery, []);
+/** Only http(s) URLs become links and images (never javascript: or the like). */
+function isWebURL(url) {
+  try {
+    return ["http:", "https:"].includes(new URL(url, document.baseURI).protocol);
+  } catch {
+    return false;
+  }
+}
+
+let gallery = [].concat(loadJSON(STORAGE.gallery, [])).filter((e) => isWebURL(e?.url));
 
 function addToGallery(entry) {
   gallery = [entry, ...gallery.filter((e) => e.url !== entry.url)].slice(0, GALLERY_SIZE);
@@ -449,7 +463,7 @@ function renderEngine(status) {
   $("engine").replaceChildren(
     el("p", { class: status.ready ? "ready" : "not-ready" },
       status.ready ? "ready" : "not ready", ` · ${speed} images/s`),
-    el("p", { id: "engine-queue" }, `queue: ${queue.jobs} job(s), ${queue.images} image(s)`),
+    el("p", {}, `queue: ${queue.jobs} job(s), ${queue.images} image(s)`),
     el("ul", { class: "devices" }, ...(status.devices || []).map(deviceItem)));
 }
 
@@ -483,7 +497,7 @@ async function loadModels() {
   });
   const [checkpoints, controlnets, adapters] = await Promise.all(
     ["checkpoint", "controlnet", "ipadapter"].map(search));
-  const options = (found) => found.results.map((m) => [m.air, m.name === m.air ? m.air : `${m.name} (${m.air})`]);
+  const options = (found) => found.results.map((m) => [m.air, `${m.name} (${m.air})`]);
   fillSelect($("model"), options(checkpoints), "no checkpoint installed");
   fillSelect($("controlnet-model"), options(controlnets), "no ControlNet installed");
   fillSelect($("ip-adapter"), options(adapters), "no IP-Adapter installed");
@@ -557,8 +571,8 @@ function formProblem(form) {
   if (!form.prompt) return "write a prompt";
   if (action.image && !form.image) return `choose the ${action.image.toLowerCase()}`;
   if (action.mask && !maskPainted()) return "paint the area to redraw on the image";
-  if (form.action === "controlnet" && !form.controlnetModel) return "no ControlNet model is installed";
-  if (form.action === "style" && !form.ipAdapter) return "no IP-Adapter model is installed";
+  if (form.action === "controlnet" && !form.controlnetModel) return "no ControlNet is installed";
+  if (form.action === "style" && !form.ipAdapter) return "no IP-Adapter is installed";
   return null;
 }
 
@@ -613,7 +627,9 @@ function setUpMaskPainting() {
   });
   canvas.addEventListener("pointermove", (event) => { if (last) paint(event); });
   canvas.addEventListener("pointerup", () => { last = null; });
-  $("clear-mask").addEventListener("click", () => context.clearRect(0, 0, canvas.width, canvas.height));
+  $("clear-mask").addEventListener("click", () => {
+    context.clearRect(0, 0, canvas.width, canvas.height);
+  });
 }
 
 function maskPainted() {
@@ -650,7 +666,8 @@ async function controlGuide(form, card) {
     preProcessorType: form.preprocessor, width: form.width, height: form.height,
     outputFormat: "PNG",
   });
-  card.thumbs.append(el("img", { src: item.guideImageURL, alt: "ControlNet guide", class: "guide" }));
+  const guide = el("img", { src: item.guideImageURL, alt: "ControlNet guide", class: "guide" });
+  card.thumbs.append(guide);
   return item.guideImageUUID;
 }
 

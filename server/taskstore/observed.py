@@ -22,12 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.jobs import ErrorCode
 from server.metrics import ServerMetrics
 from server.taskstore.base import TaskRecord, TaskStore
 
 log = logging.getLogger(__name__)
 
-CANCELLED_CODE = "cancelled"  # pipelines.jobs.ErrorCode.CANCELLED: a cancel, not a failure
 KNOWN_TASKS = 10_000  # tasks whose protocol, action and creation time are kept at hand
 
 
@@ -82,7 +82,7 @@ class ObservedTaskStore:
     def fail(self, task_id: str, error_code: str, error_message: str) -> bool:
         changed = self.inner.fail(task_id, error_code, error_message)
         if changed:
-            state = "cancelled" if error_code == CANCELLED_CODE else "failed"
+            state = "cancelled" if error_code == ErrorCode.CANCELLED.value else "failed"
             self._ended(task_id, state, code=error_code)
         return changed
 

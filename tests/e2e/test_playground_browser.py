@@ -2,8 +2,9 @@
 
 The page talks to the server only through the public APIs (the Runware WebSocket, signed PICPIK
 POSTs, /engine/events); every request to anywhere else is refused, so the page is shown to work
-offline. One server (the embedded demo model) and one browser for the module; each test opens
-its own page (its own localStorage). Generations are 64x64 so they take a second or two.
+offline. One server (the embedded demo model, with keys, so the page's Runware key and PICPIK
+signatures are checked for real) and one browser for the module; each test opens its own page
+(its own localStorage). Generations are 64x64 so they take a second or two.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import random
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,14 @@ from server.picpik.signature import render, sign
 from tests.e2e.browser import artifact, launched_browser
 from tests.e2e.server_process import ServerProcess
 
-DONE_TIMEOUT_MS = 90_000  # the first job also loads the model
+RUNWARE_KEY = "playground-runware-key"
+PICPIK_PUBLIC = "playground-public"
+PICPIK_PRIVATE = "playground-private-ключ"
+DONE_TIMEOUT_MS = 90_000
+# A watched job should run this long, whatever the machine's speed: long enough for several
+# progress pushes (every 0.25 s), short enough for a busy 2-core CI runner.
+WATCHED_JOB_S = 3.0
+CALIBRATION_STEPS = 10
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Records every value a task card's progress bar takes (the page sets the attribute).
 RECORD_PROGRESS = """() => {
@@ -39,12 +50,58 @@ RECORD_PROGRESS = """() => {
              {subtree: true, attributes: true, attributeFilter: ["value"]});
 }"""
 
+# Records every text the engine panel shows.
+RECORD_ENGINE = """() => {
+  window.engineShown = [];
+  const panel = document.getElementById("engine");
+  new MutationObserver(() => window.engineShown.push(panel.textContent))
+    .observe(panel, {subtree: true, childList: true, characterData: true});
+}"""
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with keys: the page's Runware key and PICPIK signatures are really checked."""
     root: Path = tmp_path_factory.mktemp("playground")
-    with ServerProcess(root / "data") as process:
+    keys = root / "keys.json"
+    keys.write_text(
+        json.dumps(
+            {
+                "runware": [{"api_key": RUNWARE_KEY}],
+                "picpik": [{"public_key": PICPIK_PUBLIC, "private_key": PICPIK_PRIVATE}],
+            }
+        )
+    )
+    with ServerProcess(root / "data", "--keys-file", str(keys)) as process:
         yield process
+
+
+@pytest.fixture(scope="module")
+def watched_steps(server: ServerProcess) -> str:
+    """How many 64x64 steps make a job of about WATCHED_JOB_S here and now: a first job loads
+    the model, two more are timed (CPU speed differs tenfold between an idle machine and a
+    shared CI runner)."""
+
+    def run(steps: int) -> float:
+        task = {
+            "taskType": "imageInference",
+            "taskUUID": str(uuid.uuid4()),
+            "positivePrompt": "calibration",
+            "model": "easel-demo",
+            "width": 64,
+            "height": 64,
+            "steps": steps,
+        }
+        headers = {"Authorization": f"Bearer {RUNWARE_KEY}"}
+        started = time.monotonic()
+        reply = httpx.post(server.url + "/v1", json=[task], headers=headers, timeout=120)
+        assert reply.status_code == 200, reply.text
+        return time.monotonic() - started
+
+    run(1)
+    # The difference of two runs: the steps alone, without the request's fixed costs.
+    per_step = max(run(2 + CALIBRATION_STEPS) - run(2), 0.001) / CALIBRATION_STEPS
+    return str(min(100, max(12, math.ceil(WATCHED_JOB_S / per_step))))
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +122,18 @@ class Playground:
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
         self.page.on("websocket", self._record_frames)
         self.page.goto(server.url + "/")
+        # The server wants keys: the page says so and opens the keys panel; once they are
+        # typed in, it authenticates again and loads the models.
+        self.page.wait_for_selector('#connection[data-state="error"]', timeout=30_000)
+        assert "authentication failed" in self.page.inner_text("#connection")
+        assert self.page.get_attribute("#keys-panel", "open") is not None
+        for field, value in (
+            ("picpik-public", PICPIK_PUBLIC),
+            ("picpik-private", PICPIK_PRIVATE),
+            ("runware-key", RUNWARE_KEY),
+        ):
+            self.page.fill(f"#{field}", value)
+            self.page.press(f"#{field}", "Tab")  # a change event: the keys are kept
         self.page.wait_for_selector('#connection[data-state="connected"]', timeout=30_000)
         self.page.wait_for_selector('#model option[value="easel-demo"]', state="attached")
         self.page.evaluate(RECORD_PROGRESS)
@@ -94,10 +163,15 @@ class Playground:
 
     def generate(self) -> Any:
         """Submit the form; the task card once it is done (its state text if it failed)."""
+        before = self.page.locator(".task").count()
         self.page.click("#submit")
-        card = self.page.locator(".task").first
-        self.page.wait_for_selector(
-            '.task[data-state="done"], .task[data-state="error"]', timeout=DONE_TIMEOUT_MS
+        self.page.wait_for_function(
+            "(before) => document.querySelectorAll('.task').length > before", arg=before
+        )
+        card = self.page.locator(".task").first  # the newest
+        self.page.wait_for_function(
+            "() => ['done', 'error'].includes(document.querySelector('.task').dataset.state)",
+            timeout=DONE_TIMEOUT_MS,
         )
         assert card.get_attribute("data-state") == "done", card.locator(".state").inner_text()
         return card
@@ -131,9 +205,12 @@ def playground(browser: Any, server: ServerProcess) -> Iterator[Playground]:
     opened.close()
 
 
-def test_txt2img_shows_progress_and_the_image(playground: Playground) -> None:
+def test_txt2img_shows_progress_and_the_image(playground: Playground, watched_steps: str) -> None:
     page = playground.page
-    playground.fill(prompt="a lighthouse at dusk", width="64", height="64", steps="20", seed="7")
+    page.evaluate(RECORD_ENGINE)
+    playground.fill(
+        prompt="a lighthouse at dusk", width="64", height="64", steps=watched_steps, seed="7"
+    )
     card = playground.generate()
 
     seen = playground.progress_seen()
@@ -150,9 +227,63 @@ def test_txt2img_shows_progress_and_the_image(playground: Playground) -> None:
     # What went out: an async Runware task with the form's parameters.
     (task,) = [t for m in playground.sent for t in m if t.get("taskType") == "imageInference"]
     assert task["deliveryMethod"] == "async"
-    assert (task["width"], task["height"], task["steps"], task["seed"]) == (64, 64, 20, 7)
+    assert (task["width"], task["height"], task["seed"]) == (64, 64, 7)
+    assert task["steps"] == int(watched_steps)
     assert task["model"] == "easel-demo" and task["positivePrompt"] == "a lighthouse at dusk"
+    # The engine panel (GET /engine/events) showed the batch while it ran, then the idle device.
+    shown = page.evaluate("() => window.engineShown")
+    assert any("running easel-demo: 1 job(s), 1 image(s)" in text for text in shown), shown
+    page.wait_for_function("() => document.getElementById('engine').textContent.includes('idle')")
     page.screenshot(path=str(artifact("playground.png")), full_page=True)
+
+
+def test_a_lost_connection_is_resumed_and_the_task_still_ends(
+    playground: Playground, watched_steps: str
+) -> None:
+    page = playground.page
+    playground.fill(prompt="a quiet harbour", width="64", height="64", steps=watched_steps)
+    page.click("#submit")
+    page.wait_for_function("() => window.progressSeen.some((value) => value > 0)", timeout=60_000)
+    page.evaluate("() => socket.socket.close()")  # as a network drop would
+    page.wait_for_function(
+        "() => document.querySelector('.task').dataset.state === 'done'", timeout=DONE_TIMEOUT_MS
+    )
+    playground.check_result(page.locator(".task").first)
+    page.wait_for_selector('#connection[data-state="connected"]', timeout=30_000)
+    auths = [t for m in playground.sent for t in m if t.get("taskType") == "authentication"]
+    assert auths[-1].get("connectionSessionUUID"), auths  # the session was resumed
+
+
+def test_keys_are_kept_in_the_browser(playground: Playground) -> None:
+    page = playground.page
+    kept = page.evaluate("() => JSON.parse(localStorage.getItem('easel.playground.keys'))")
+    assert kept == {
+        "runware": RUNWARE_KEY,
+        "picpikPublic": PICPIK_PUBLIC,
+        "picpikPrivate": PICPIK_PRIVATE,
+    }
+    page.reload()  # authenticates with the kept key straight away
+    page.wait_for_selector('#connection[data-state="connected"]', timeout=30_000)
+    assert page.input_value("#runware-key") == RUNWARE_KEY
+
+
+def test_a_server_error_is_shown_on_the_card(playground: Playground) -> None:
+    page = playground.page
+    playground.fill(prompt="too big a seed", width="64", height="64", seed="99999999999999999999")
+    page.click("#submit")
+    card = page.locator(".task").first
+    page.wait_for_selector('.task[data-state="error"]', timeout=30_000)
+    assert card.locator(".state").inner_text().startswith("error: invalid seed"), card.inner_text()
+
+
+def test_engine_panel_says_when_status_is_unavailable(browser: Any, server: ServerProcess) -> None:
+    page = browser.new_page()
+    page.route("**/engine/events", lambda route: route.fulfill(status=404, body="{}"))
+    page.goto(server.url + "/")
+    page.wait_for_function(
+        "() => document.getElementById('engine').textContent.includes('status unavailable')"
+    )
+    page.close()
 
 
 def test_inpaint_sends_the_painted_mask(playground: Playground) -> None:
@@ -160,9 +291,11 @@ def test_inpaint_sends_the_painted_mask(playground: Playground) -> None:
     page.select_option("#action", "inpaint")
     playground.fill(prompt="a red door", width="64", height="64", steps="8", seed="3")
     playground.choose_image(Image.fromarray(np.full((64, 64, 3), 128, np.uint8)))
-    box = page.locator("#mask-canvas").bounding_box()
+    page.fill("#brush", "48")  # screen pixels: 8 image pixels, the image shown at 384x384
+    canvas = page.locator("#mask-canvas")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()  # where it is on the screen now
     scale = box["width"] / 64  # the canvas has the image's own size: 64x64 pixels
-    page.fill("#brush", "8")
     page.mouse.move(box["x"] + 8 * scale, box["y"] + 8 * scale)
     page.mouse.down()
     page.mouse.move(box["x"] + 8 * scale, box["y"] + 40 * scale, steps=8)

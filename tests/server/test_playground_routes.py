@@ -4,6 +4,8 @@ else changes for API clients (PICPIK keeps POST /)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -14,7 +16,7 @@ from server.playground import ASSETS, CONTENT_SECURITY_POLICY
 
 
 @pytest.fixture(scope="module")
-def client(demo_dir, tmp_path_factory) -> TestClient:
+def client(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     from tests.conftest import demo_app
 
     with TestClient(demo_app(demo_dir, tmp_path_factory.mktemp("data"))) as started:

@@ -17,7 +17,15 @@ from safetensors.numpy import save
 
 from models.catalogue import Architecture, ModelKind
 from models.hub import HubFile, HuggingFaceHub, RepoSource, parse_repo_source
-from models.install import PARTIAL_DIR, PullError, PullRequest, PullResult, pull
+from models.install import (
+    PARTIAL_DIR,
+    PullError,
+    PullRequest,
+    PullResult,
+    _exclusive,
+    partial_path,
+    pull,
+)
 from tests.file_server import Served, file_server
 from tests.models.tiny import SD1_CHECKPOINT, SD1_LORA
 
@@ -251,11 +259,24 @@ def test_a_server_that_ignores_ranges_or_changed_the_file_starts_over(
     assert result.download.received == len(LORA)
 
     served.cut_after[path] = 5000
-    served.ignore_range.add(path)
+    served.ignore_range.add(path)  # a server that answers a range request with a 200
     with pytest.raises(PullError, match="interrupted"):
         run(base_url, path, tmp_path / "again", retries=0)
     result = run(base_url, path, tmp_path / "again")
     assert result.path.read_bytes() == LORA
+    assert (result.download.resumed_from, result.download.received) == (0, len(LORA))
+
+
+def test_one_pull_of_a_file_at_a_time_and_unreachable_servers(
+    served: Served, base_url: str, tmp_path: Path
+) -> None:
+    path = serve(served, "/lock/lora.safetensors", LORA)
+    part = partial_path(tmp_path, base_url + path, "lora.safetensors")
+    with _exclusive(part), pytest.raises(PullError, match="another `easel models pull`"):
+        run(base_url, path, tmp_path)
+    assert run(base_url, path, tmp_path).path.read_bytes() == LORA  # the lock went with its pull
+    with pytest.raises(PullError, match=r"cannot reach 127\.0\.0\.1: "):
+        pull(PullRequest("http://127.0.0.1:9/x.safetensors", tmp_path, retries=0), Quiet())
 
 
 # --- refusals ------------------------------------------------------------------------------------
@@ -385,3 +406,34 @@ def test_an_unreachable_hub_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyP
         pull(PullRequest("someone/ink", tmp_path), Quiet(), hub=hub)
     assert "offline" not in str(caught.value)
     assert constants.HF_HUB_OFFLINE  # lifted for that call only
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def test_the_command_reports_an_interrupted_then_resumed_pull(
+    served: Served, base_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.cli import main
+
+    path = serve(served, "/cli/ink.safetensors", LORA)
+    served.cut_after[path] = 5000
+    args = ["models", "pull", base_url + path, "--as", "ink", "--models-dir", str(tmp_path)]
+    assert main([*args, "--retries", "0"]) == 1
+    failed = capsys.readouterr()
+    assert failed.err.startswith(f"pulling {base_url}{path}\n")
+    assert "easel models pull: download interrupted at " in failed.err
+    assert "run the same command again to resume" in failed.err
+
+    assert main([*args, "--sha256", sha(LORA)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("downloaded ") and ", resumed at " in lines[0]
+    assert lines[1:] == [
+        f"sha256 {sha(LORA)} (verified against --sha256)",
+        f"installed lora (sd1) 'ink' at {tmp_path / 'loras' / 'ink.safetensors'}",
+        "restart `easel serve` to serve it: the server reads the models directory when it starts",
+    ]
+    assert main(args) == 0
+    assert "already installed: " in capsys.readouterr().out
+    assert main(["models", "pull", "not a source", "--models-dir", str(tmp_path)]) == 1
+    assert "neither an http(s) URL nor a Hugging Face repo id" in capsys.readouterr().err
