@@ -65,7 +65,7 @@ def test_ready_after_the_first_job_with_its_batch_and_queue_in_the_status(
         "images_per_second": 0.0,
     }
 
-    running = submitted(client, width=64, height=64, steps=20, numberResults=2)
+    running = submitted(client, width=64, height=64, steps=40, numberResults=2)
 
     def batch_in_progress() -> dict[str, Any] | None:
         status = client.get("/engine/status").json()
