@@ -13,9 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipelines.engine import Engine, EngineConfig
-from pipelines.jobs import ModelInfo
 from server.cluster.config import ClusterConfig
 from server.keys import KeysFileError, KeyStore
 from server.keys_cli import add_keys_parser, default_keys_file, run_keys
@@ -24,6 +23,10 @@ from server.logs import configure_logging
 from server.models_cli import add_models_parser, run_models
 from server.outbound import parse_network
 from server.settings import Settings
+
+if TYPE_CHECKING:  # the engine imports torch and diffusers: only the commands that run it do
+    from pipelines.engine import Engine
+    from pipelines.jobs import ModelInfo
 
 log = logging.getLogger("easel")
 
@@ -311,6 +314,8 @@ def cluster_config(args: argparse.Namespace) -> ClusterConfig:
 
 
 def open_engine(settings: Settings) -> Engine:
+    from pipelines.engine import Engine, EngineConfig
+
     config = EngineConfig(
         max_queue=settings.max_queue,
         max_batch_images=settings.max_batch_images,

@@ -74,7 +74,7 @@ class TaskTracker:
             if error.code is ErrorCode.INTERRUPTED and not self.record_interruptions:
                 log.info("task %s interrupted: left to run again", task_id)
                 return
-            log.info("task %s ended in error: %s (%s)", task_id, error.code.value, error.message)
+            log.debug("task %s ended in error: %s (%s)", task_id, error.code.value, error.message)
             self.store.fail(task_id, error.code.value, error.message)
             return
         try:
@@ -90,7 +90,7 @@ class TaskTracker:
             await asyncio.to_thread(self._drop, image_ids)
             log.info("task %s had already ended: dropped this run's images", task_id)
             return
-        log.info("task %s finished with %d image(s)", task_id, len(image_ids))
+        log.debug("task %s finished with %d image(s)", task_id, len(image_ids))
 
     def _drop(self, image_ids: list[str]) -> None:
         for image_id in image_ids:
