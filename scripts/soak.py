@@ -6,8 +6,8 @@ resident memory must stay flat once warm. The mix covers both protocols and ever
 - PICPIK over HTTP, signed: GenerateImages (txt2img, BatchSize 2, img2img from a base64 image)
   polled with ListTasksDetails; GenerateImages cancelled at once with TerminateTask; invalid
   requests (RetCode expected).
-- Runware over the WebSocket (authentication, task arrays, pings): imageInference (sync and
-  async + getResponse), several tasks in one array, imageUpload then img2img from the upload,
+- Runware over the WebSocket (authentication, task arrays, pings): imageInference (sync, and
+  async with its pushed progress and result, then getResponse), several tasks in one array, imageUpload then img2img from the upload,
   invalid tasks (code expected).
 - Runware over REST: sync and async (+ getResponse) imageInference, imageUpload, invalid tasks
   (code and HTTP status expected).
@@ -350,6 +350,22 @@ class Waiter:
             self.future.set_result(items)
 
 
+class Follower(Waiter):
+    """Every item an async task gets on a socket: its acknowledgement, the progress the server
+    pushes, then its result items (`expected` successes) or its error."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, expected: int) -> None:
+        super().__init__(loop)
+        self.expected = expected
+
+    def resolve(self, items: list[Any]) -> None:
+        self.items.extend(items)
+        successes = [item for item in self.items if item.get("status") == "success"]
+        failed = any("code" in item for item in items)
+        if (failed or len(successes) >= self.expected) and not self.future.done():
+            self.future.set_result(self.items)
+
+
 class Socket:
     """One client WebSocket to /v1 speaking one protocol generation (current: JSON arrays;
     legacy: objects). A reader routes every frame to the request waiting for its taskUUID; a
@@ -435,6 +451,24 @@ class Socket:
             elif waiter.future.done():
                 raise SocketGone(str(waiter.future.exception()))
         return answers
+
+    async def follow(
+        self, message: Any, task_id: str, expected: int, timeout: float
+    ) -> list[Any] | None:
+        """Send an async task; every item it gets until it ends (see Follower), None when it
+        does not end within `timeout`."""
+        follower = Follower(asyncio.get_running_loop(), expected)
+        self.waiting[task_id] = follower
+        try:
+            await self.send(message)
+            await asyncio.wait([follower.future], timeout=timeout)
+        finally:
+            self.waiting.pop(task_id, None)
+        if not follower.future.done():
+            return None
+        if follower.future.exception() is not None:
+            raise SocketGone(str(follower.future.exception()))
+        return follower.future.result()
 
     async def _ping_loop(self) -> None:
         while True:
@@ -949,18 +983,28 @@ class Client:
         kind = "rw_ws_async"
         sock = await self.socket(legacy=False)
         task = self.inference(deliveryMethod="async")
-        self.ledger.accept(task["taskUUID"], kind, task["numberResults"])
-        answers = await sock.ask([task], [task["taskUUID"]], 60)
-        ack = answers.get(task["taskUUID"], [])
-        if [item.get("status") for item in ack] != ["processing"]:
-            self.ledger.problem("unexpected", kind, task["taskUUID"], f"async ack: {ack}")
-            await self.runware_items(kind, task, ack or None)
-            return
-
-        async def ask(poll: dict[str, Any]) -> list[dict[str, Any]] | None:
-            return (await sock.ask([poll], [poll["taskUUID"]], 60)).get(poll["taskUUID"])
-
-        await self.runware_items(kind, task, await self.poll_runware(kind, task, ask))
+        task_id = task["taskUUID"]
+        self.ledger.accept(task_id, kind, task["numberResults"])
+        # On a socket the server pushes an async task's progress and then its result items
+        # (docs/runware.md, Live progress): no polling needed.
+        items = await sock.follow([task], task_id, task["numberResults"], 60)
+        if not items:
+            return await self.runware_items(kind, task, None)
+        ack, *pushed = items
+        if ack != {"taskType": "imageInference", "taskUUID": task_id, "status": "processing"}:
+            self.ledger.problem("unexpected", kind, task_id, f"async ack: {ack}")
+        running = [item for item in pushed if item.get("status") == "processing"]
+        progress = [item.get("progress") for item in running]
+        if progress != sorted(progress) or not all(isinstance(p, int) for p in progress):
+            self.ledger.problem("unexpected", kind, task_id, f"pushed progress: {progress}")
+        ended = [item for item in pushed if item.get("status") != "processing"]
+        await self.runware_items(kind, task, ended)
+        if not any("code" in item for item in ended):  # getResponse answers the same
+            polled = await sock.ask(
+                [{"taskType": "getResponse", "taskUUID": task_id}], [task_id], 60
+            )
+            if polled.get(task_id) != ended:
+                self.ledger.problem("duplicated", kind, task_id, f"{ended} != {polled}")
 
     async def op_rw_ws_invalid(self) -> None:
         kind = "rw_ws_invalid"

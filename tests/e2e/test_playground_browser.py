@@ -29,6 +29,18 @@ from server import jsonbody
 from server.picpik.signature import render, sign
 from tests.e2e.browser import artifact, launched_browser
 from tests.e2e.server_process import ServerProcess
+from tests.models import tiny
+from tests.models.tiny_controlnet import (
+    save_controlnet_config,
+    save_controlnet_single_file,
+    tiny_sd1_controlnet,
+)
+from tests.models.tiny_ip_adapter import (
+    ip_adapter_state,
+    save_image_encoder,
+    save_ip_adapter,
+    tiny_image_encoder,
+)
 
 RUNWARE_KEY = "playground-runware-key"
 PICPIK_PUBLIC = "playground-public"
@@ -59,10 +71,30 @@ RECORD_ENGINE = """() => {
 }"""
 
 
+def tiny_models(root: Path, tokenizers: Path) -> Path:
+    """Next to the demo model: a tiny SD 1.x checkpoint with a ControlNet and an IP-Adapter
+    made for it, so the page's ControlNet and style actions run for real."""
+    pipe = tiny.tiny_sd1_pipeline(tokenizers)
+    tiny.save_single_file(pipe, root / "checkpoints" / "tiny.safetensors")
+    tiny.save_config_dir(pipe, root / "configs" / "tiny", like="sd15")
+    net = tiny_sd1_controlnet()
+    save_controlnet_single_file(net, root / "controlnet" / "control_v11p_sd15_canny.safetensors")
+    save_controlnet_config(net, root / "configs" / "canny")
+    adapter = ip_adapter_state(pipe.unet, image_embed_dim=32, seed=7)
+    save_ip_adapter(adapter, root / "ipadapter" / "ip-adapter_sd15.safetensors")
+    save_image_encoder(tiny_image_encoder(projection_dim=32), root / "clip_vision" / "vit-h")
+    (root / "manifest.toml").write_text(
+        '[models."checkpoints/tiny.safetensors"]\nconfig = "configs/tiny"\n'
+        '[models."controlnet/control_v11p_sd15_canny.safetensors"]\nconfig = "configs/canny"\n'
+    )
+    return root
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server with keys: the page's Runware key and PICPIK signatures are really checked."""
     root: Path = tmp_path_factory.mktemp("playground")
+    models = tiny_models(root / "models", tmp_path_factory.mktemp("tokenizers"))
     keys = root / "keys.json"
     keys.write_text(
         json.dumps(
@@ -72,7 +104,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             }
         )
     )
-    with ServerProcess(root / "data", "--keys-file", str(keys)) as process:
+    with ServerProcess(
+        root / "data", "--keys-file", str(keys), "--models-dir", str(models)
+    ) as process:
         yield process
 
 
@@ -136,6 +170,7 @@ class Playground:
             self.page.press(f"#{field}", "Tab")  # a change event: the keys are kept
         self.page.wait_for_selector('#connection[data-state="connected"]', timeout=30_000)
         self.page.wait_for_selector('#model option[value="easel-demo"]', state="attached")
+        self.page.select_option("#model", "easel-demo")  # tiny (with its adapters) is listed first
         self.page.evaluate(RECORD_PROGRESS)
 
     def _only_the_server(self, route: Any) -> None:
@@ -374,3 +409,72 @@ def test_page_signs_picpik_requests_as_the_server_checks_them(playground: Playgr
     exact = [i for i, value in enumerate(floats) if not (2**53 <= abs(value) < 1e21)]
     assert len(exact) > 150
     assert [results[3]["rendered"][i] for i in exact] == [render(floats[i]) for i in exact]
+
+
+def _choose_by_label(page: Any, select: str, text: str) -> str:
+    """Pick the option whose label contains `text`; its value."""
+    value = page.evaluate(
+        """([select, text]) => [...document.querySelector(select).options]
+             .find((option) => option.textContent.includes(text))?.value""",
+        [select, text],
+    )
+    assert value, (select, text, page.inner_text(select))
+    page.select_option(select, value)
+    return value
+
+
+def _inference_sent(playground: Playground) -> dict[str, Any]:
+    (task,) = [t for m in playground.sent for t in m if t.get("taskType") == "imageInference"]
+    return task
+
+
+def test_img2img_sends_the_image_and_strength(playground: Playground) -> None:
+    page = playground.page
+    page.select_option("#action", "img2img")
+    playground.fill(prompt="an oil painting", width="64", height="64", steps="6", strength="0.6")
+    playground.choose_image(Image.fromarray(np.full((64, 64, 3), 90, np.uint8)))
+    playground.check_result(playground.generate())
+    task = _inference_sent(playground)
+    assert task["seedImage"].startswith("data:image/png;base64,")
+    assert task["strength"] == 0.6 and "maskImage" not in task
+
+
+def test_controlnet_with_the_canny_preprocessor(playground: Playground) -> None:
+    page = playground.page
+    page.select_option("#action", "controlnet")
+    _choose_by_label(page, "#model", "tiny")
+    controlnet = _choose_by_label(page, "#controlnet-model", "canny")
+    page.select_option("#preprocessor", "canny")
+    playground.fill(prompt="a house", width="64", height="64", steps="6", seed="5")
+    guide = np.zeros((64, 64, 3), np.uint8)
+    guide[16:48, 16:48] = 255  # a square: canny finds its edges
+    playground.choose_image(Image.fromarray(guide))
+    card = playground.generate()
+    playground.check_result(card)
+    # The preprocessing task ran first; its guide is shown on the card and fed to the unit.
+    (pre,) = [
+        t for m in playground.sent for t in m if t.get("taskType") == "imageControlNetPreProcess"
+    ]
+    assert pre["preProcessorType"] == "canny"
+    shown = card.locator("img.guide").get_attribute("src")
+    edges = np.array(Image.open(io.BytesIO(httpx.get(shown, timeout=30).content)).convert("L"))
+    # Canny's edges (found at the preprocessor's resolution, scaled to 64x64): along the
+    # square's border only, dark inside it and in the far corner.
+    assert edges[12:20, 16:48].max() > 0
+    assert edges[24:40, 24:40].max() == 0 and edges[:6, :6].max() == 0
+    (unit,) = _inference_sent(playground)["controlNet"]
+    assert unit["model"] == controlnet and unit["weight"] == 1
+    assert unit["guideImage"] == shown.rsplit("/", 1)[1].split(".")[0]  # its imageUUID
+
+
+def test_style_reference_uses_the_ip_adapter(playground: Playground) -> None:
+    page = playground.page
+    page.select_option("#action", "style")
+    _choose_by_label(page, "#model", "tiny")
+    adapter = _choose_by_label(page, "#ip-adapter", "ip-adapter")
+    playground.fill(prompt="a cat", width="64", height="64", steps="6", seed="8")
+    playground.choose_image(Image.fromarray(np.full((64, 64, 3), (30, 160, 60), np.uint8)))
+    playground.check_result(playground.generate())
+    (unit,) = _inference_sent(playground)["ipAdapters"]
+    assert unit["model"] == adapter and unit["guideImage"].startswith("data:image/png;base64,")
+    assert unit["weight"] == 0.8
