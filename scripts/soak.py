@@ -7,8 +7,8 @@ resident memory must stay flat once warm. The mix covers both protocols and ever
   polled with ListTasksDetails; GenerateImages cancelled at once with TerminateTask; invalid
   requests (RetCode expected).
 - Runware over the WebSocket (authentication, task arrays, pings): imageInference (sync, and
-  async with its pushed progress and result, then getResponse), several tasks in one array, imageUpload then img2img from the upload,
-  invalid tasks (code expected).
+  async with its pushed progress and result, then getResponse), several tasks in one array,
+  imageUpload then img2img from the upload, invalid tasks (code expected).
 - Runware over REST: sync and async (+ getResponse) imageInference, imageUpload, invalid tasks
   (code and HTTP status expected).
 - The legacy picfinder protocol on the same socket: newTask, newImageUpload, invalid messages.
