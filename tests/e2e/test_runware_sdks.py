@@ -229,7 +229,8 @@ def test_sdk_1_on_progress_sees_the_pushed_progress_on_the_websocket(
     result = succeeded(results, "runware-sdk-1/websocket", "progress")
     progress = result["progress"]
     assert progress == sorted(progress), progress
-    assert len([p for p in progress if 0 < p < 100]) >= 2, progress
+    # 100 tiny steps take about a second: at least one push (4 a second) lands mid-run
+    assert any(0 < p < 100 for p in progress), progress
     assert [image["seed"] for image in result["images"]] == [77]
     pushed = [
         item

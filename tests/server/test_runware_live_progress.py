@@ -42,7 +42,7 @@ def test_async_inference_pushes_progress_then_its_images(make_client) -> None:
         inference = task(
             "imageInference",
             positivePrompt="a lighthouse",
-            steps=12,
+            steps=60,  # about a second on the CPU: several pushes (4 a second)
             seed=4,
             numberResults=2,
             deliveryMethod="async",

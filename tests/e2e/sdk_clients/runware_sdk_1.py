@@ -111,7 +111,7 @@ async def progress(client: Runware, files: Path) -> dict[str, Any]:
     WebSocket) or returns to getResponse polls (REST)."""
     seen: list[Any] = []
     options = RunOptions(timeout=TIMEOUT_MS, on_progress=lambda item: seen.append(item["progress"]))
-    items = await client.run({**BASE, "steps": 24, "seed": 77}, options)
+    items = await client.run({**BASE, "steps": 100, "seed": 77}, options)
     return {"images": images(items), "progress": seen}
 
 
