@@ -54,17 +54,23 @@ class ImageRate:
         self._lock = threading.Lock()
 
     def add(self, images: int) -> None:
+        now = self._clock()
         with self._lock:
-            self._events.append((self._clock(), images))
+            self._events.append((now, images))
+            self._drop_older(now)  # bounded even when nobody reads the rate
 
     def per_second(self) -> float:
         now = self._clock()
         with self._lock:
-            while self._events and self._events[0][0] < now - self.window:
-                self._events.popleft()
+            self._drop_older(now)
             images = sum(count for _at, count in self._events)
         # A young engine divides by its age, not the whole window (at least a second).
         return images / max(1.0, min(self.window, now - self._started))
+
+    def _drop_older(self, now: float) -> None:
+        """Forget the events that left the window (the lock is held)."""
+        while self._events and self._events[0][0] < now - self.window:
+            self._events.popleft()
 
 
 class EngineMetrics:

@@ -152,3 +152,13 @@ def test_images_per_second_over_a_recent_window() -> None:
     assert rate.per_second() == 6 / 30  # the first 4 left the window
     clock.now = 100.0
     assert rate.per_second() == 0.0
+
+
+def test_the_rate_keeps_only_its_window_when_nobody_reads_it() -> None:
+    clock = Clock(0.0)
+    rate = ImageRate(window=30.0, clock=clock)
+    for second in range(1000):  # a server that is never scraped or probed
+        clock.now = float(second)
+        rate.add(1)
+    assert len(rate._events) == 31  # the last 30 s, both ends included
+    assert rate.per_second() == 31 / 30
