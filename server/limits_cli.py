@@ -12,57 +12,49 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from server.limits import MIB, Limits
+
+N = TypeVar("N", int, float)
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
-def _positive(value: float, text: str) -> None:
+def _positive(text: str, parse: Callable[[str], N], what: str) -> N:
+    """The flag's text read by `parse`, which must give a positive number; the flag's error
+    names what was expected otherwise."""
+    try:
+        value = parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
 
 
 def _mib(text: str) -> int:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size in MiB") from None
-    _positive(value, text)
-    return max(1, round(value * MIB))
+    return max(1, round(_positive(text, float, "a size in MiB") * MIB))
+
+
+def _pixel_count(text: str) -> int:
+    """WIDTHxHEIGHT, or millions of pixels; ValueError for anything else."""
+    match = _SIZE.match(text)
+    if match is not None:
+        return int(match.group(1)) * int(match.group(2))
+    return round(float(text) * 1_000_000)
 
 
 def _pixels(text: str) -> int:
-    match = _SIZE.match(text)
-    if match is not None:
-        value = int(match.group(1)) * int(match.group(2))
-    else:
-        try:
-            value = round(float(text) * 1_000_000)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a number of megapixels or a size like 4096x4096"
-            ) from None
-    _positive(value, text)
-    return value
+    return _positive(text, _pixel_count, "a number of megapixels or a size like 4096x4096")
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    _positive(value, text)
-    return value
+    return _positive(text, int, "a whole number")
 
 
 def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    _positive(value, text)
-    return value
+    return _positive(text, float, "a number")
 
 
 @dataclass(frozen=True)
