@@ -60,7 +60,7 @@ class PipelineCache:
 
     def holds(self, code: str) -> bool:
         """Whether the checkpoint `code` is loaded here (the engine's model affinity)."""
-        return any(loaded == code for _kind, loaded in list(self._loaded))
+        return code in self.loaded()
 
     def loaded(self) -> list[str]:
         """Codes of the checkpoints loaded here, least recently used first (any thread)."""

@@ -341,8 +341,7 @@ class Engine:
 
     def loaded_models(self) -> list[str]:
         """Checkpoint codes some device holds in memory now (cluster routing advertises them)."""
-        codes = {spec.code for spec in self.catalogue.by_kind(ModelKind.CHECKPOINT)}
-        return sorted(c for c in codes if any(w.cache.holds(c) for w in self._workers))
+        return sorted({code for worker in self._workers for code in worker.cache.loaded()})
 
     def list_models(self, kind: str | None = ModelKind.CHECKPOINT.value) -> list[ModelInfo]:
         """Installed models of one kind ("checkpoint", "lora", ...), or of every kind (None)."""
