@@ -192,6 +192,13 @@ class Engine:
             specs.setdefault(spec.code, spec)
         return tuple(specs.values())
 
+    def drain(self) -> None:
+        """Start no more batches (and let no job join a running one): what runs now goes on,
+        what waits stays queued until stop(). A shutdown signal calls it at once, so that the
+        requests still under way before stop() do not start another batch."""
+        for worker in self._workers:
+            worker.stop()  # it ends after its current batch
+
     async def stop(self, grace: float = 0.0) -> None:
         """Stop taking jobs. Waiting jobs end as interrupted at once; the batches running now
         may finish within `grace` seconds (no job joins them), then the jobs still running are
@@ -201,8 +208,7 @@ class Engine:
         shutdown = JobError(ErrorCode.INTERRUPTED, "the server shut down before the task finished")
         for handle in self._former.close():
             handle.fail(shutdown)
-        for worker in self._workers:
-            worker.stop()  # it ends after its current batch
+        self.drain()
         deadline = time.monotonic() + grace
         for worker in self._workers:
             await asyncio.to_thread(worker.join, max(0.0, deadline - time.monotonic()))

@@ -110,6 +110,7 @@ def build_app(
         redoc_url=None,
     )
     app.state.services = services
+    app.state.on_shutdown_signal = dispatcher.drain  # server.operator_routes.run_server
     admission = Admission(services.keys, store)  # one per app: both protocols share the buckets
     picpik = PicpikService(
         engine,

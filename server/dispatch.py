@@ -56,6 +56,12 @@ class Dispatcher(Protocol):
 
     async def stop(self) -> None: ...
 
+    def drain(self) -> None:
+        """A shutdown signal came (uvicorn stops accepting, stop() follows once the requests
+        under way end): start no new work meanwhile, so that the batch running now is the last
+        one and what waits stays queued for the next start."""
+        ...
+
     def submit(
         self,
         task_id: str,
@@ -142,10 +148,14 @@ class LocalDispatcher:
         await self.engine.start()
         self._recover()
 
+    def drain(self) -> None:
+        self._stopping = True  # new tasks are refused, the re-queue feeder stops
+        self.engine.drain()
+
     async def stop(self) -> None:
         """Let the running batch finish within the grace period; whatever has not ended then
         keeps its journal entry and runs again at the next start."""
-        self._stopping = True
+        self.drain()
         if self._feeder is not None:
             self._feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):

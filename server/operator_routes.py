@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI
@@ -126,14 +127,24 @@ def add_operator_routes(app: FastAPI, dispatcher: Dispatcher, metrics: ServerMet
 
 
 def run_server(app: FastAPI, *, json_logs: bool = False, **options: Any) -> int:
-    """uvicorn.run(app, **options), except that a shutdown ends the event streams at once;
-    with json_logs, uvicorn's loggers are left to the root logger (server.logs). The exit
-    status: 0, or 3 when the server did not start (uvicorn's STARTUP_FAILURE)."""
+    """uvicorn.run(app, **options), except that a shutdown signal at once calls
+    app.state.on_shutdown_signal (the dispatcher's drain: no batch starts after a SIGTERM
+    while uvicorn waits for the requests under way) and ends the event streams; with
+    json_logs, uvicorn's loggers are left to the root logger (server.logs). The exit status: 0,
+    or 3 when the server did not start (uvicorn's STARTUP_FAILURE)."""
     import uvicorn
 
     if json_logs:
         options["log_config"] = None
-    server = uvicorn.Server(uvicorn.Config(app, **options))
+    on_signal: Callable[[], None] | None = getattr(app.state, "on_shutdown_signal", None)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            if on_signal is not None:
+                _call_in_loop(on_signal)
+
+    server = Server(uvicorn.Config(app, **options))
     streams = getattr(app.state, "event_streams", None)
     if isinstance(streams, EventStreams):
         streams.end_when(lambda: server.should_exit)
@@ -142,3 +153,14 @@ def run_server(app: FastAPI, *, json_logs: bool = False, **options: Any) -> int:
     except KeyboardInterrupt:
         pass
     return 0 if server.started else 3
+
+
+def _call_in_loop(callback: Callable[[], None]) -> None:
+    """Run callback in the event loop (a signal handler interrupts the loop's thread at any
+    point, so it only schedules); at once when no loop runs yet."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        callback()
+        return
+    loop.call_soon_threadsafe(callback)

@@ -77,6 +77,10 @@ class BrokerDispatcher:
         """Nothing to do: tasks live on in Redis and in the queues across restarts; a
         replica's deliveries (Runware webhookURL / uploadEndpoint) are not resumed."""
 
+    def drain(self) -> None:
+        """Nothing to do: the workers run the queued tasks whether or not this replica stays
+        (a task it accepts while closing is queued in Redis like any other)."""
+
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()

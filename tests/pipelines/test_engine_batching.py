@@ -158,6 +158,31 @@ def test_a_job_arriving_mid_flight_joins_the_running_batch(
     assert_close(result, alone[1])
 
 
+def test_drain_lets_the_running_batch_finish_and_starts_no_other(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    """A SIGTERM drains the engine before uvicorn's shutdown reaches stop(): the batch running
+    then is the last one, and the waiting job is still waiting when stop() ends it."""
+
+    async def body(engine: Engine) -> tuple[JobResult | JobError, int, JobResult | JobError]:
+        running = engine.submit(job(steps=40, seeds=(9,)), job_id="running")
+        waiting = engine.submit(job(seeds=(10,)), job_id="waiting")  # no room to join
+        await wait_for_step(running, 2)
+        engine.drain()
+        finished = await outcome(running)
+        await asyncio.sleep(0.5)  # a worker still taking batches would have started it
+        steps_run = waiting.progress.step
+        await engine.stop()
+        return finished, steps_run, await outcome(waiting)
+
+    finished, steps_run, stopped = with_engine(
+        demo_dir, tmp_path, body, batch_window=0, max_batch_images=1
+    )
+    assert isinstance(finished, JobResult) and len(finished.images) == 1
+    assert steps_run == 0
+    assert isinstance(stopped, JobError) and stopped.code is ErrorCode.INTERRUPTED
+
+
 def test_cancel_leaves_the_rest_of_the_batch_alone(
     demo_dir: Path, tmp_path: Path, alone: list[JobResult | JobError]
 ) -> None:

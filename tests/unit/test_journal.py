@@ -111,12 +111,17 @@ class ScriptedEngine:
         self.handles: dict[str, JobHandle] = {}
         self.submitted: list[tuple[str, Job]] = []
         self.stopped_with: float | None = None
+        self.drained = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
 
+    def drain(self) -> None:
+        self.drained = True
+
     async def stop(self, grace: float = 0.0) -> None:
+        assert self.drained  # the dispatcher drains first: nothing starts during the grace
         self.stopped_with = grace
         shutdown = JobError(ErrorCode.INTERRUPTED, "the server shut down")
         for handle in self.handles.values():
