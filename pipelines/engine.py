@@ -194,8 +194,8 @@ class Engine:
 
     def drain(self) -> None:
         """Start no more batches (and let no job join a running one): what runs now goes on,
-        what waits stays queued until stop(). A shutdown signal calls it at once, so that the
-        requests still under way before stop() do not start another batch."""
+        what waits stays queued until stop(). The server calls it once a shutdown signal has
+        come and no open request waits for a result, so that no batch starts only to be cut."""
         for worker in self._workers:
             worker.stop()  # it ends after its current batch
 

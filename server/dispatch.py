@@ -19,7 +19,7 @@ import contextlib
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,9 +57,16 @@ class Dispatcher(Protocol):
     async def stop(self) -> None: ...
 
     def drain(self) -> None:
-        """A shutdown signal came (uvicorn stops accepting, stop() follows once the requests
-        under way end): start no new work meanwhile, so that the batch running now is the last
-        one and what waits stays queued for the next start."""
+        """A shutdown signal came: uvicorn stops accepting, and stop() follows once the
+        requests under way end. Meanwhile start no batch that no open request waits for, so
+        that queued tasks stay queued for the next start instead of being started late and cut
+        (see waiting_request)."""
+        ...
+
+    def waiting_request(self) -> contextlib.AbstractContextManager[None]:
+        """Held while an open request waits for its task's result (a synchronous Runware
+        task): after a shutdown signal the engine goes on starting batches until no request
+        waits, so that such a request still gets its answer within the grace period."""
         ...
 
     def submit(
@@ -138,6 +145,7 @@ class LocalDispatcher:
         self._backlog: deque[_Requeued] = deque()
         self._feeder: asyncio.Task[None] | None = None
         self._stopping = False
+        self._waiting_requests = 0  # open requests waiting for a result (waiting_request)
 
     # --- lifecycle ---
 
@@ -150,12 +158,25 @@ class LocalDispatcher:
 
     def drain(self) -> None:
         self._stopping = True  # new tasks are refused, the re-queue feeder stops
-        self.engine.drain()
+        self._drain_unless_waited_on()
+
+    @contextlib.contextmanager
+    def waiting_request(self) -> Iterator[None]:
+        self._waiting_requests += 1
+        try:
+            yield
+        finally:
+            self._waiting_requests -= 1
+            self._drain_unless_waited_on()
+
+    def _drain_unless_waited_on(self) -> None:
+        if self._stopping and not self._waiting_requests:
+            self.engine.drain()  # the batch running now is the last (give or take one)
 
     async def stop(self) -> None:
         """Let the running batch finish within the grace period; whatever has not ended then
         keeps its journal entry and runs again at the next start."""
-        self.drain()
+        self._stopping = True
         if self._feeder is not None:
             self._feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -81,6 +81,9 @@ class BrokerDispatcher:
         """Nothing to do: the workers run the queued tasks whether or not this replica stays
         (a task it accepts while closing is queued in Redis like any other)."""
 
+    def waiting_request(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # nothing to hold: the workers keep running
+
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()

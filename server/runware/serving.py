@@ -266,7 +266,8 @@ class RunwareService:
                 caller,
                 self._finish(record.task_id, caller, req, follower),
             )
-        return await self._finish(record.task_id, caller, req, follower)
+        with self.dispatcher.waiting_request():  # a shutdown lets it finish (Dispatcher.drain)
+            return await self._finish(record.task_id, caller, req, follower)
 
     def _acknowledge(
         self,
@@ -553,7 +554,8 @@ class RunwareService:
         items = self._items_when_done(record, caller, self.submit(record, job, encoding))
         if task.get("deliveryMethod") == "async":
             return self._acknowledge(req.taskType, req.taskUUID, caller, items)
-        return await items
+        with self.dispatcher.waiting_request():
+            return await items
 
     async def _items_when_done(
         self, record: TaskRecord, caller: Caller, follower: Awaitable[None]

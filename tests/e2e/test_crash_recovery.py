@@ -290,3 +290,42 @@ def test_sigterm_drains_the_running_batch_and_requeues_the_rest(tmp_path: Path) 
     with sqlite3.connect(data_dir / "tasks.sqlite3") as db:
         (status,) = db.execute("SELECT status FROM tasks WHERE task_id = ?", (cut,)).fetchone()
     assert status == "running"
+
+
+def test_sigterm_still_answers_a_synchronous_request_under_way(tmp_path: Path) -> None:
+    """A Runware REST request waiting (sync) at the signal for a task queued behind the
+    running batch gets its image: the engine starts batches until no open request waits."""
+    data_dir = tmp_path / "data"
+    answer: dict[str, httpx.Response] = {}
+
+    def sync_request(url: str, seed: int) -> None:
+        body = {
+            "taskType": "imageInference",
+            "taskUUID": str(uuid.uuid4()),
+            "positivePrompt": f"a lighthouse at dusk {seed}",
+            "model": MODEL,
+            "width": SIDE,
+            "height": SIDE,
+            "steps": STEPS,
+            "seed": seed,
+        }
+        answer["response"] = httpx.post(url + "/v1", json=[body], timeout=WAIT_S)
+
+    with ServerProcess(data_dir, "--max-batch-images", "1", "--shutdown-grace-s", "60") as server:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            running = picpik_submit(http, 311, steps=4 * STEPS)
+            until(lambda: picpik_detail(http, running)["Progress"] > 0, what="a running batch")
+            waiting = threading.Thread(target=sync_request, args=(server.url, 312))
+            waiting.start()
+            until(
+                lambda: http.get("/engine/status").json()["queue"]["jobs"] == 1,
+                what="the synchronous task queued behind the running one",
+            )
+        took, _ = sigterm(server)
+        waiting.join(WAIT_S)
+    assert took < 60, server.log()
+    response = answer["response"]
+    assert response.status_code == 200, response.text
+    assert [(i["status"], i["seed"]) for i in response.json()["data"]] == [("success", 312)]
+    assert f"task {running} finished" in server.log()
+    assert journal_task_ids(data_dir) == []  # nothing left for the next start

@@ -121,7 +121,6 @@ class ScriptedEngine:
         self.drained = True
 
     async def stop(self, grace: float = 0.0) -> None:
-        assert self.drained  # the dispatcher drains first: nothing starts during the grace
         self.stopped_with = grace
         shutdown = JobError(ErrorCode.INTERRUPTED, "the server shut down")
         for handle in self.handles.values():
@@ -425,5 +424,57 @@ def test_a_journal_that_cannot_be_written_refuses_the_task(tmp_path: Path) -> No
             server.accept("a", _job(1))
         assert refused.value.code is ErrorCode.INTERNAL
         assert "a" not in engine.handles  # queued, then taken back: it must not run
+
+    _run(main)
+
+
+def test_a_shutdown_signal_drains_the_engine_and_refuses_new_tasks(tmp_path: Path) -> None:
+    """No request waits: the engine starts no more batches at once; queued tasks stay queued."""
+
+    async def main() -> None:
+        server = Server(tmp_path, ScriptedEngine())
+        await server.dispatcher.start()
+        queued = server.accept("queued", _job(1))
+        server.dispatcher.drain()
+        assert server.engine.drained
+        with pytest.raises(JobError) as refused:
+            server.accept("late", _job(2))
+        assert refused.value.code is ErrorCode.BUSY
+        assert server.journal.task_ids() == ["queued"]
+        await server.dispatcher.stop()
+        await asyncio.wait([queued], timeout=1)
+        assert server.status("queued") is TaskStatus.QUEUED
+
+    _run(main)
+
+
+def test_a_shutdown_signal_lets_the_engine_run_until_no_request_waits(tmp_path: Path) -> None:
+    """A synchronous request under way at the signal still gets its answer: the engine drains
+    only once it has it (and at once if the request gives up)."""
+
+    async def main() -> None:
+        server = Server(tmp_path, ScriptedEngine())
+        await server.dispatcher.start()
+
+        async def sync_request(task_id: str) -> None:
+            follower = server.accept(task_id, _job(1))
+            with server.dispatcher.waiting_request():
+                await follower
+
+        loop = asyncio.get_running_loop()
+        answered = loop.create_task(sync_request("answered"))
+        given_up = loop.create_task(sync_request("given up"))
+        await _until(lambda: len(server.engine.handles) == 2)
+        server.dispatcher.drain()
+        assert not server.engine.drained  # two requests wait
+        server.engine.finish("answered")
+        await answered
+        assert server.status("answered") is TaskStatus.FINISHED
+        assert not server.engine.drained  # one still does
+        given_up.cancel()  # uvicorn's grace ran out, or the client went away
+        await asyncio.wait([given_up], timeout=1)
+        assert server.engine.drained
+        await server.dispatcher.stop()
+        assert server.status("given up") is TaskStatus.QUEUED  # it runs at the next start
 
     _run(main)
