@@ -47,9 +47,16 @@ log = logging.getLogger(__name__)
 CANCEL_POLL_S = 0.25  # how often a running task looks for a cancel request
 
 # Extend the lease only while this worker still holds it; release only its own.
+# A lease that lapsed while Redis was away (an outage longer than lease_s) is taken back, unless
+# another worker has taken it over meanwhile.
 _REFRESH = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 """
@@ -131,6 +138,10 @@ class WorkerRuntime:
         if not self._take_lease(task_id):
             return
         try:
+            record = self.store.get(task_id)
+            if record is None or record.status.ended:  # the run it waited for finished it
+                log.info("task %s: ended while this delivery waited, delivery dropped", task_id)
+                return
             attempt = self.store.count_attempt(task_id)
             log.info("task %s: running (delivery %d)", task_id, attempt)
             try:
@@ -147,10 +158,15 @@ class WorkerRuntime:
             self._release(keys=[self.config.lease_key(task_id)], args=[self.name])
 
     def _take_lease(self, task_id: str) -> bool:
-        """Hold the task's lease; False when its record ended while another worker held it."""
+        """Hold the task's lease; False when its record ended while another run held it. A run
+        of the task on this worker holds it too, even if its Redis key lapsed: after a broker
+        outage longer than the lease, the broker hands the message out again at reconnection
+        while the first run goes on."""
         key, ttl_ms = self.config.lease_key(task_id), int(self.config.lease_s * 1000)
         while not self._stopping.is_set():
-            if self.client.set(key, self.name, nx=True, px=ttl_ms):
+            with self._leases_lock:
+                ours = task_id in self._leases
+            if not ours and self.client.set(key, self.name, nx=True, px=ttl_ms):
                 with self._leases_lock:
                     self._leases.add(task_id)
                 return True

@@ -176,6 +176,57 @@ def test_a_second_delivery_waits_for_the_live_lease_holder(
     assert client.get(config.lease_key(task_id)) == b"w0@elsewhere"  # not released by us
 
 
+def test_a_redelivery_waits_for_this_workers_own_run_after_its_lease_lapsed(
+    config: ClusterConfig, client: redis.Redis
+) -> None:
+    """A Redis outage longer than the lease: at reconnection the broker hands the message out
+    again, to the worker still running it; the lease key is gone, but the run is not."""
+    worker = runtime(config)
+    task_id = queued(worker.store)
+    worker.store.mark_running(task_id)
+    worker._leases.add(task_id)  # the first delivery's run goes on; its key lapsed
+    delivery = threading.Thread(
+        target=worker.run, args=(task_id, encode_job(job()), {"format": "png", "quality": 95})
+    )
+    delivery.start()
+    time.sleep(0.5)
+    assert delivery.is_alive()  # waiting, not running the job a second time
+    assert not client.exists(config.lease_key(task_id))
+    worker.store.finish(task_id, ["image"], [])  # the first run finished
+    delivery.join(timeout=5)
+    assert not delivery.is_alive()
+    assert worker.store.attempts(task_id) == 0
+
+
+def test_a_delivery_whose_task_ended_while_it_took_the_lease_is_dropped(
+    config: ClusterConfig, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run it waited for finished and let the lease go just before this delivery took it."""
+    worker = runtime(config)
+    task_id = queued(worker.store)
+    worker.store.mark_running(task_id)
+    running = worker.store.get(task_id)
+    worker.store.finish(task_id, ["image"], [])
+    reads = iter([running])  # the first read (before the lease) still sees it running
+    real_get = worker.store.get
+    monkeypatch.setattr(worker.store, "get", lambda tid: next(reads, None) or real_get(tid))
+    worker.run(task_id, encode_job(job()), {"format": "png", "quality": 95})
+    assert worker.store.attempts(task_id) == 0
+    assert not client.exists(config.lease_key(task_id))  # taken, then let go
+
+
+def test_the_heartbeat_takes_back_a_lapsed_lease_but_not_one_taken_over(
+    config: ClusterConfig, client: redis.Redis
+) -> None:
+    worker = runtime(config)
+    lapsed, taken = config.lease_key("lapsed"), config.lease_key("taken")
+    client.set(taken, b"w2@elsewhere", px=60_000)
+    for key in (lapsed, taken):
+        worker._refresh(keys=[key], args=[worker.name, 5_000])
+    assert client.get(lapsed) == worker.name.encode() and 0 < client.pttl(lapsed) <= 5_000
+    assert client.get(taken) == b"w2@elsewhere"
+
+
 def test_an_unreadable_job_fails_its_task_and_frees_the_lease(
     config: ClusterConfig, client: redis.Redis
 ) -> None:

@@ -35,7 +35,7 @@ def test_worker_rides_out_a_redis_restart(small_cluster: Cluster) -> None:
     assert detail["Status"] == "Finished", small_cluster.logs()
     assert [download(url).shape for url in detail["ImgList"]] == [(192, 192, 3)]
     store = RedisTaskStore(small_cluster.redis.client(), 3600)
-    assert store.attempts(task_id) == 1  # finished by the run that lived through the outage
+    assert store.attempts(task_id) == 1, small_cluster.logs()  # the run that lived through it
     # The worker is connected again: a new task runs.
     after = client.generate(
         MainModel={"ModelCode": "easel-demo", "InferenceParams": {"Steps": 6}},
