@@ -128,10 +128,10 @@ def add_operator_routes(app: FastAPI, dispatcher: Dispatcher, metrics: ServerMet
 
 def run_server(app: FastAPI, *, json_logs: bool = False, **options: Any) -> int:
     """uvicorn.run(app, **options), except that a shutdown signal at once calls
-    app.state.on_shutdown_signal (the dispatcher's drain: no batch starts after a SIGTERM
-    while uvicorn waits for the requests under way) and ends the event streams; with
-    json_logs, uvicorn's loggers are left to the root logger (server.logs). The exit status: 0,
-    or 3 when the server did not start (uvicorn's STARTUP_FAILURE)."""
+    app.state.on_shutdown_signal (the dispatcher's drain: while uvicorn waits for the requests
+    under way, a batch starts only for a request still waiting for one) and ends the event
+    streams; with json_logs, uvicorn's loggers are left to the root logger (server.logs). The
+    exit status: 0, or 3 when the server did not start (uvicorn's STARTUP_FAILURE)."""
     import uvicorn
 
     if json_logs:

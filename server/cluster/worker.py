@@ -46,9 +46,9 @@ log = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 0.25  # how often a running task looks for a cancel request
 
-# Extend the lease only while this worker still holds it; release only its own.
-# A lease that lapsed while Redis was away (an outage longer than lease_s) is taken back, unless
-# another worker has taken it over meanwhile.
+# Extend the lease while this worker holds it, and take it back when it lapsed while Redis was
+# away (an outage longer than lease_s) unless another worker has taken it over meanwhile.
+# Release only its own.
 _REFRESH = """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
