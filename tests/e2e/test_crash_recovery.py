@@ -63,11 +63,11 @@ def picpik_detail(http: httpx.Client, task_id: str) -> dict[str, Any]:
     return reply["TaskDetailList"][0]
 
 
-def runware_submit(http: httpx.Client, seed: int, **delivery: Any) -> str:
-    task_uuid = str(uuid.uuid4())
-    body = {
+def runware_task(seed: int, **fields: Any) -> dict[str, Any]:
+    """An imageInference task of one PNG image (sync unless fields say otherwise)."""
+    return {
         "taskType": "imageInference",
-        "taskUUID": task_uuid,
+        "taskUUID": str(uuid.uuid4()),
         "positivePrompt": f"a lighthouse at dusk {seed}",
         "model": MODEL,
         "width": SIDE,
@@ -76,9 +76,13 @@ def runware_submit(http: httpx.Client, seed: int, **delivery: Any) -> str:
         "seed": seed,
         "numberResults": 1,
         "outputFormat": "PNG",
-        "deliveryMethod": "async",
-        **delivery,
+        **fields,
     }
+
+
+def runware_submit(http: httpx.Client, seed: int, **delivery: Any) -> str:
+    body = runware_task(seed, deliveryMethod="async", **delivery)
+    task_uuid = body["taskUUID"]
     response = http.post("/v1", json=[body])
     assert response.status_code == 200, response.text
     assert response.json()["data"][0]["status"] == "processing"
@@ -299,16 +303,7 @@ def test_sigterm_still_answers_a_synchronous_request_under_way(tmp_path: Path) -
     answer: dict[str, httpx.Response] = {}
 
     def sync_request(url: str, seed: int) -> None:
-        body = {
-            "taskType": "imageInference",
-            "taskUUID": str(uuid.uuid4()),
-            "positivePrompt": f"a lighthouse at dusk {seed}",
-            "model": MODEL,
-            "width": SIDE,
-            "height": SIDE,
-            "steps": STEPS,
-            "seed": seed,
-        }
+        body = runware_task(seed)
         answer["response"] = httpx.post(url + "/v1", json=[body], timeout=WAIT_S)
 
     with ServerProcess(data_dir, "--max-batch-images", "1", "--shutdown-grace-s", "60") as server:
