@@ -136,12 +136,9 @@ class WorkerRuntime:
             self.store.fail(task_id, CANCELLED_BY_REQUEST.code.value, CANCELLED_BY_REQUEST.message)
             return
         if not self._take_lease(task_id):
+            log.info("task %s: ended while this delivery waited, delivery dropped", task_id)
             return
         try:
-            record = self.store.get(task_id)
-            if record is None or record.status.ended:  # the run it waited for finished it
-                log.info("task %s: ended while this delivery waited, delivery dropped", task_id)
-                return
             attempt = self.store.count_attempt(task_id)
             log.info("task %s: running (delivery %d)", task_id, attempt)
             try:
@@ -158,21 +155,25 @@ class WorkerRuntime:
             self._release(keys=[self.config.lease_key(task_id)], args=[self.name])
 
     def _take_lease(self, task_id: str) -> bool:
-        """Hold the task's lease; False when its record ended while another run held it. A run
-        of the task on this worker holds it too, even if its Redis key lapsed: after a broker
+        """Hold the task's lease while its record is unfinished; False (lease not held) when
+        the record ended while another run held it, or just before this one took it. A run of
+        the task on this worker holds it too, even if its Redis key lapsed: after a broker
         outage longer than the lease, the broker hands the message out again at reconnection
         while the first run goes on."""
         key, ttl_ms = self.config.lease_key(task_id), int(self.config.lease_s * 1000)
         while not self._stopping.is_set():
             with self._leases_lock:
                 ours = task_id in self._leases
-            if not ours and self.client.set(key, self.name, nx=True, px=ttl_ms):
+            taken = not ours and self.client.set(key, self.name, nx=True, px=ttl_ms)
+            record = self.store.get(task_id)  # read after the try: it may have just ended
+            if record is None or record.status.ended:
+                if taken:
+                    self._release(keys=[key], args=[self.name])
+                return False
+            if taken:
                 with self._leases_lock:
                     self._leases.add(task_id)
                 return True
-            record = self.store.get(task_id)
-            if record is None or record.status.ended:
-                return False
             time.sleep(self.config.heartbeat_s / 2)
         raise Reject("the worker is stopping", requeue=True)
 
