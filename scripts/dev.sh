@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: it builds (or reuses) the virtual environment, then
 #   scripts/dev.sh serve [easel serve options]   starts the server on its embedded defaults
-#   scripts/dev.sh test  [pytest options]        lints and runs the whole test suite
+#   scripts/dev.sh test  [pytest options]        lints and runs the whole test suite, after
+#                                                installing the Debian packages it drives
+#                                                (scripts/system_packages.sh)
 # The environment lives outside the checkout, keyed by the dependency list and the Python
 # version, so CI and fresh clones reuse it until pyproject.toml's dependencies change.
 set -euo pipefail
@@ -42,6 +44,9 @@ case "$command" in
     exec easel serve "$@"
     ;;
   test)
+    scripts/system_packages.sh
+    # The browser and cluster tests fail rather than skip when their programs are missing.
+    export EASEL_REQUIRE_SYSTEM_PACKAGES=1
     ruff check .
     lint-imports
     exec python -m pytest "$@"

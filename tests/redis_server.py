@@ -1,7 +1,8 @@
 """A real redis-server on a free loopback port, started and stopped by the tests.
 
-CI installs Debian's redis-server when it is missing (.ci/run); tests that need Redis fail with
-a clear message rather than skip when it is not there, so a broken CI set-up cannot hide them.
+`make test` installs Debian's redis-server when it is missing (scripts/system_packages.sh);
+tests that need Redis fail with a clear message rather than skip when it is not there, so a
+broken set-up cannot hide them.
 """
 
 from __future__ import annotations

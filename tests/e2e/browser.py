@@ -1,7 +1,8 @@
 """Headless Chromium for the browser tests: Debian's `chromium`, driven by Playwright.
 
-CI installs the package (.ci/run); elsewhere a machine without it skips these tests, but CI
-(the CI variable set) fails instead, so a missing browser cannot pass silently.
+`make test` installs the package (scripts/system_packages.sh) and sets
+EASEL_REQUIRE_SYSTEM_PACKAGES; a bare pytest run on a machine without it skips these tests, but
+under `make test` or CI they fail instead, so a missing browser cannot pass silently.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def chromium_path() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
         message = "Debian's chromium is not installed (apt-get install chromium)"
-        if os.environ.get("CI"):
+        if os.environ.get("CI") or os.environ.get("EASEL_REQUIRE_SYSTEM_PACKAGES"):
             pytest.fail(message)
         pytest.skip(message)
     return found
