@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from models.cache import PipelineCache
@@ -25,6 +25,7 @@ from pipelines.batching.budget import MemoryBudget, cuda_activation_budget
 from pipelines.batching.former import BatchFormer, BatchPolicy, QueueFull
 from pipelines.batching.keys import BatchKey, BatchMode, batch_key
 from pipelines.batching.stats import EngineStats
+from pipelines.config import EngineConfig as EngineConfig  # re-exported: its old home
 from pipelines.handle import JobHandle
 from pipelines.jobs import (
     CaptionJob,
@@ -49,25 +50,6 @@ from pipelines.utilities.installed import installed_model
 from pipelines.worker import DeviceWorker, WorkerParts, default_dtype, detect_devices
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    max_queue: int = 64  # jobs waiting beyond this are refused as busy
-    devices: Sequence[str] | None = None  # None: every CUDA device, else the CPU
-    max_models_per_device: int = 1
-    cache_dir: Path | None = None  # derived files (tokenizers) live here
-    models_dir: Path | None = None  # preprocessor weights are looked up under it
-    allow_pickle: bool = False
-    max_batch_images: int | None = None  # images per batch; None: 16 on the CPU, 64 on GPUs
-    batch_window: float = 0.01  # seconds a partly filled batch may wait for more jobs
-    compile: bool = False  # torch.compile the UNet (batch sizes padded to COMPILE_BUCKETS)
-    dtype: str = "auto"  # "auto", "fp16", "bf16" or "fp32" (pipelines.worker.DTYPES)
-    # GPU memory kept for weights (checkpoint, ControlNets, adapters) when sizing batches
-    weights_reserve_bytes: int = 12 * 1024**3
-    # checkpoints every worker loads at start, before its first batch (so the server is ready
-    # before its first job): identifiers as a job names its model, "" = the default checkpoint
-    preload: tuple[str, ...] = ()
 
 
 COMPILE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
