@@ -2,7 +2,7 @@
 (`easel models pull` installs one).
 
 Every option can also come from an EASEL_* environment variable (the flag wins), so a container
-is configured with its environment alone.
+is configured with its environment alone; server/options.py defines them all.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines.config import EngineConfig
 from server.cluster.config import ClusterConfig
 from server.keys import KeysFileError, KeyStore
 from server.keys_cli import add_keys_parser, default_keys_file, run_keys
@@ -94,10 +95,9 @@ def cluster_config(args: argparse.Namespace) -> ClusterConfig:
     )
 
 
-def open_engine(settings: Settings) -> Engine:
-    from pipelines.engine import Engine, EngineConfig
-
-    config = EngineConfig(
+def engine_config(settings: Settings) -> EngineConfig:
+    """The engine options of Settings as the engine takes them (server/options.py: To.ENGINE)."""
+    return EngineConfig(
         max_queue=settings.max_queue,
         max_batch_images=settings.max_batch_images,
         batch_window=settings.batch_window_ms / 1000,
@@ -107,6 +107,12 @@ def open_engine(settings: Settings) -> Engine:
         allow_pickle=settings.allow_pickle,
         preload=settings.preload,
     )
+
+
+def open_engine(settings: Settings) -> Engine:
+    from pipelines.engine import Engine
+
+    config = engine_config(settings)
     engine, notes = Engine.open(settings.resolved_models_dir, settings.data_dir, config)
     for note in notes:
         log.warning("%s", note)

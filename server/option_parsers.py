@@ -93,7 +93,8 @@ def mib_text(size: int) -> str:
 
 
 def pixels_text(total: int) -> str:
-    """16777216 -> "4096x4096 (16.8)"; a count that is no square -> megapixels alone."""
+    """16777216 -> "4096x4096 (16.8 megapixels)"; a count that is no square -> "33.6
+    megapixels"."""
     side = math.isqrt(total)
-    megapixels = f"{total / 1_000_000:.1f}"
+    megapixels = f"{total / 1_000_000:.1f} megapixels"
     return f"{side}x{side} ({megapixels})" if side * side == total else megapixels

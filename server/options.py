@@ -117,7 +117,7 @@ OPTIONS: tuple[Option, ...] = (
         "host",
         (SERVE,),
         "127.0.0.1",
-        "the address to listen on; off loopback, API keys (or --insecure) are required",
+        "the address to listen on; off loopback, API keys (or `--insecure`) are required",
     ),
     Option("--port", "EASEL_PORT", To.SETTINGS, "port", (SERVE,), 7860, "the port", int),
     Option(
@@ -151,7 +151,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "API keys, as `easel keys` writes them",
         Path,
-        shown="DATA_DIR/keys.json if `easel keys` made one; else none: an open server, "
+        shown="`DATA_DIR/keys.json` if `easel keys` made one; else none: an open server, "
         "loopback only",
     ),
     Option(
@@ -181,7 +181,7 @@ OPTIONS: tuple[Option, ...] = (
         "allow_pickle",
         STORAGE,
         _ENGINE.allow_pickle,
-        "also load .ckpt / .pt / .bin checkpoints, which can run code; refused otherwise",
+        "also load `.ckpt` / `.pt` / `.bin` checkpoints, which can run code; refused otherwise",
         kind="switch",
     ),
     Option(
@@ -191,8 +191,8 @@ OPTIONS: tuple[Option, ...] = (
         "max_queue",
         BOTH,
         _ENGINE.max_queue,
-        'waiting jobs; beyond them new tasks are refused at once as "busy": PICPIK RetCode '
-        "10050, Runware serverBusy",
+        'waiting jobs; beyond them new tasks are refused at once as "busy": PICPIK `RetCode` '
+        "10050, Runware `serverBusy`",
         int,
     ),
     Option(
@@ -202,7 +202,7 @@ OPTIONS: tuple[Option, ...] = (
         "shutdown_grace_s",
         (SERVE,),
         30.0,
-        "on SIGTERM, how long open requests, then the running batch, may take to finish; "
+        "on `SIGTERM`, how long open requests, then the running batch, may take to finish; "
         "unfinished tasks run again at the next start",
         float,
     ),
@@ -214,9 +214,9 @@ OPTIONS: tuple[Option, ...] = (
         "devices",
         BOTH,
         (),
-        "comma-separated torch devices, e.g. cuda:0,cuda:1; one worker thread per device",
+        "comma-separated torch devices, e.g. `cuda:0,cuda:1`; one worker thread per device",
         parse.comma_list,
-        shown="every CUDA GPU, else cpu",
+        shown="every CUDA GPU, else `cpu`",
     ),
     Option(
         "--max-batch-images",
@@ -248,7 +248,7 @@ OPTIONS: tuple[Option, ...] = (
         _ENGINE.dtype,
         "precision of weights and activations",
         choices=("auto", "fp16", "bf16", "fp32"),
-        shown=f"{_ENGINE.dtype}: fp16 on GPUs, fp32 on the CPU",
+        shown=f"`{_ENGINE.dtype}`: fp16 on GPUs, fp32 on the CPU",
     ),
     Option(
         "--compile",
@@ -257,7 +257,7 @@ OPTIONS: tuple[Option, ...] = (
         "compile",
         BOTH,
         _ENGINE.compile,
-        "torch.compile the UNet: batch sizes padded to powers of two, each size compiled on "
+        "`torch.compile` the UNet: batch sizes padded to powers of two, each size compiled on "
         "first use of a model and size",
         kind="switch",
     ),
@@ -268,10 +268,10 @@ OPTIONS: tuple[Option, ...] = (
         "preload",
         BOTH,
         parse.preload("default"),  # EngineConfig built in code preloads nothing
-        "checkpoints each device loads at start (GET /readyz turns ready then): default is "
-        "the default checkpoint; none loads nothing until the first job",
+        "checkpoints each device loads at start, so that `/readyz` turns ready before the "
+        "first job: codes, `default` (the default checkpoint) or `none` (nothing)",
         parse.preload,
-        shown="default: the default checkpoint",
+        shown="default",
         metavar="CODE[,CODE]",
     ),
     # --- the cluster ---
@@ -307,7 +307,7 @@ OPTIONS: tuple[Option, ...] = (
         "url_allow",
         (SERVE,),
         (),
-        "a private or loopback network that image URLs, uploadEndpoint and webhookURL may "
+        "a private or loopback network that image URLs, `uploadEndpoint` and `webhookURL` may "
         "reach; repeatable",
         parse.url_network,
         kind="list",
@@ -322,7 +322,7 @@ OPTIONS: tuple[Option, ...] = (
         (SERVE,),
         _LIMITS.max_body_bytes,
         "largest HTTP request body, refused as it streams in: PICPIK RetCode 10004, Runware "
-        "HTTP 413 payloadTooLarge",
+        "HTTP 413 `payloadTooLarge`",
         parse.mib,
         shown=parse.mib_text(_LIMITS.max_body_bytes),
         metavar="N",
@@ -359,7 +359,8 @@ OPTIONS: tuple[Option, ...] = (
         "max_request_pixels",
         (SERVE,),
         _LIMITS.max_request_pixels,
-        "width x height x images of one generation (PICPIK BatchSize, Runware numberResults), "
+        "width x height x images of one generation (PICPIK `BatchSize`, Runware "
+        "`numberResults`), "
         "and an upscale's output, in megapixels or as WIDTHxHEIGHT",
         parse.pixels,
         shown=f"{parse.pixels_text(_LIMITS.max_request_pixels)}: 32 images of 1024x1024",
@@ -373,7 +374,7 @@ OPTIONS: tuple[Option, ...] = (
         (SERVE,),
         _LIMITS.max_prompt_chars,
         "longest prompt, each positive or negative one (after a legacy style template), and "
-        "promptEnhance / caption prompts",
+        "`promptEnhance` / caption prompts",
         parse.count,
         metavar="N",
     ),
@@ -384,7 +385,7 @@ OPTIONS: tuple[Option, ...] = (
         "ws_max_frame_bytes",
         (SERVE,),
         _LIMITS.ws_max_frame_bytes,
-        "largest Runware WebSocket message: a larger one gets payloadTooLarge, one above 1.25 "
+        "largest Runware WebSocket message: a larger one gets `payloadTooLarge`, one above 1.25 "
         "times it (at least 1 MiB more) closes the socket with 1009",
         parse.mib,
         shown=parse.mib_text(_LIMITS.ws_max_frame_bytes),
@@ -397,7 +398,7 @@ OPTIONS: tuple[Option, ...] = (
         "ws_messages_per_s",
         (SERVE,),
         _LIMITS.ws_messages_per_s,
-        "tasks per second one WebSocket may send; more are refused with tooManyMessages, "
+        "tasks per second one WebSocket may send; more are refused with `tooManyMessages`, "
         "pings are always answered",
         parse.rate,
         metavar="N",
@@ -421,8 +422,8 @@ OPTIONS: tuple[Option, ...] = (
         "log_json",
         BOTH,
         False,
-        "log one JSON object per line: ts, level, logger, message, and task_id / state / "
-        "protocol / action on task state changes; off: text lines",
+        "log one JSON object per line: `ts`, `level`, `logger`, `message`, and `task_id` / "
+        "`state` / `protocol` / `action` on task state changes; off: text lines",
         kind="switch",
     ),
     Option(
@@ -442,7 +443,7 @@ OPTIONS: tuple[Option, ...] = (
         "concurrency",
         (WORKER,),
         16,
-        "tasks taken at once and fed to the engine together, 1 to --max-queue",
+        "tasks taken at once and fed to the engine together, 1 to `--max-queue`",
         int,
     ),
     Option(
@@ -493,9 +494,9 @@ OPTIONS: tuple[Option, ...] = (
         "metrics_port",
         (WORKER,),
         0,
-        "serve the worker's Prometheus metrics at http://0.0.0.0:PORT/metrics",
+        "serve the worker's Prometheus metrics at `http://0.0.0.0:PORT/metrics`",
         int,
-        shown="0: off",
+        shown="`0`: off",
     ),
 )
 
