@@ -547,7 +547,8 @@ def add_options(parser: argparse.ArgumentParser, command: str) -> None:
                 extra["choices"] = option.choices
         if command in option.required_by and default is None:
             extra["required"] = True
-        target.add_argument(option.flag, default=default, help=option.cli_help, **extra)
+        help_text = option.cli_help.replace("%", "%%")  # argparse formats help with %
+        target.add_argument(option.flag, default=default, help=help_text, **extra)
 
 
 def list_value(args: argparse.Namespace, option: Option) -> tuple[Any, ...]:
