@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from models.catalogue import Architecture, ModelSpec
 from models.loader import load_pipeline, load_vae

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import ControlNetModel
+from diffusers.models.controlnets.controlnet import ControlNetModel
 
 from models.arch import COMPONENT_CONFIG, ModelDetectionError, read_safetensors_header
 from models.catalogue import Architecture, ModelSpec, WeightFormat

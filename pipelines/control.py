@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import ControlNetModel, DiffusionPipeline
 from diffusers.configuration_utils import FrozenDict
+from diffusers.models.controlnets.controlnet import ControlNetModel
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from PIL.Image import Image
 
 from models.catalogue import Architecture, ModelKind, ModelSpec, UnknownModelError

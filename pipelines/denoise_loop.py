@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from pipelines.batching.stats import EngineStats
 from pipelines.loop_members import Member, decode, denormalized, is_xl

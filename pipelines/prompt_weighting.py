@@ -51,8 +51,8 @@ from compel import (
     ReturnedEmbeddingsType,
 )
 from compel.prompt_parser import PromptParser
-from diffusers import DiffusionPipeline
 from diffusers.loaders import TextualInversionLoaderMixin
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from pipelines.jobs import ErrorCode, JobError, PromptWeighting
 

@@ -11,7 +11,7 @@ import inspect
 from typing import Any
 
 import diffusers
-from diffusers import DiffusionPipeline
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from pipelines.jobs import ErrorCode, JobError, JobKind
 

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from diffusers import DiffusionPipeline
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from PIL.Image import Image
 
 from pipelines.control import PreparedControl, UnitControlNet, prepare_controls
