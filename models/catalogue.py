@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 
 
 class ModelKind(StrEnum):
@@ -88,15 +89,46 @@ DEFAULT_CHECKPOINT_ALIASES: tuple[str, ...] = (
 )
 
 
+# Legacy (picfinder) numeric model ids, as Runware's legacy SDKs send them ("legacy:<id>", see
+# server/runware/legacy/tables.py LEGACY_MODEL_IDS), and the architecture each one was. Unless the
+# manifest binds one (`ids = ["legacy:13"]`, or an alias), it resolves to the default checkpoint
+# of that architecture (Catalogue.default_for).
+LEGACY_MODEL_ARCHITECTURES: Mapping[str, Architecture] = MappingProxyType(
+    {
+        "legacy:4": Architecture.SDXL,  # SDXL v1.0
+        "legacy:13": Architecture.SD1,  # rev_animated v1.2.2
+        "legacy:18": Architecture.SD1,  # absolutereality v1.8.1
+        "legacy:19": Architecture.SD1,  # cyberrealistic v3.2
+        "legacy:20": Architecture.SD1,  # dreamshaper v7.0
+        "legacy:22": Architecture.SD1,  # ghostmix_v2.0 bakedvae
+        "legacy:25": Architecture.SD1,  # samaritan_3d_cartoon v3.0
+    }
+)
+FAMILY_NAMES: Mapping[Architecture, str] = MappingProxyType(
+    {
+        Architecture.SD1: "SD 1.x",
+        Architecture.SD2: "SD 2.x",
+        Architecture.SDXL: "SDXL",
+        Architecture.SDXL_REFINER: "SDXL refiner",
+    }
+)
+
+
 class UnknownModelError(LookupError):
-    def __init__(self, identifier: str, kind: ModelKind) -> None:
-        super().__init__(f"unknown {kind.value} model: {identifier!r}")
+    def __init__(self, identifier: str, kind: ModelKind, hint: str = "") -> None:
+        message = f"unknown {kind.value} model: {identifier!r}"
+        super().__init__(f"{message} ({hint})" if hint else message)
         self.identifier = identifier
         self.kind = kind
 
 
 class Catalogue:
-    """Lookups over a fixed set of specs; rebuilt, not mutated, when the models change."""
+    """Lookups over a fixed set of specs; rebuilt, not mutated, when the models change.
+
+    A demo spec (models/demo) gives way to an installed spec of the same kind and code: the
+    operator's real control_v11p_sd15_canny replaces the demo one. Two installed specs, or two
+    demo ones, with one code are an error.
+    """
 
     def __init__(
         self,
@@ -107,7 +139,11 @@ class Catalogue:
     ) -> None:
         self._specs: dict[tuple[ModelKind, str], ModelSpec] = {}
         self._public_ids: dict[tuple[ModelKind, str], ModelSpec] = {}
+        specs = list(specs)
+        installed = {(spec.kind, spec.code) for spec in specs if not spec.is_demo}
         for spec in specs:
+            if spec.is_demo and (spec.kind, spec.code) in installed:
+                continue  # replaced by the operator's model
             key = (spec.kind, spec.code)
             if key in self._specs:
                 raise ValueError(f"two {spec.kind.value} models share the code {spec.code!r}")
@@ -135,6 +171,28 @@ class Catalogue:
             if (ModelKind.CHECKPOINT, code) not in self._specs:
                 raise ValueError(f"alias {alias!r} points at {code!r}, which is not installed")
             self.aliases[alias] = code
+        self._add_legacy_defaults()
+
+    def _add_legacy_defaults(self) -> None:
+        """Legacy model ids the manifest does not bind -> the default checkpoint of their
+        architecture, as aliases (so listings show them)."""
+        bound = {i for (k, i) in self._public_ids if k is ModelKind.CHECKPOINT} | set(self.aliases)
+        for public_id, architecture in LEGACY_MODEL_ARCHITECTURES.items():
+            spec = self.default_for(architecture)
+            if public_id not in bound and spec is not None:
+                self.aliases[public_id] = spec.code
+
+    def default_for(self, architecture: Architecture) -> ModelSpec | None:
+        """The checkpoint a request for "some model of this architecture" gets: the default
+        checkpoint if it is one, else the first installed one (txt2img before inpainting), else
+        the first demo one; None when there is none."""
+        checkpoints = [
+            s for s in self.by_kind(ModelKind.CHECKPOINT) if s.architecture is architecture
+        ]
+        if self.default_checkpoint in {s.code for s in checkpoints}:
+            return self._specs[(ModelKind.CHECKPOINT, self.default_checkpoint)]  # type: ignore[index]
+        ranked = sorted(checkpoints, key=lambda s: (s.is_demo, s.inpainting))  # stable: by path
+        return ranked[0] if ranked else None
 
     def by_kind(self, kind: ModelKind) -> list[ModelSpec]:
         return [spec for (k, _), spec in self._specs.items() if k is kind]
@@ -182,5 +240,17 @@ class Catalogue:
         if spec is None:
             spec = next((s for s in self.by_kind(kind) if s.name == identifier), None)
         if spec is None:
-            raise UnknownModelError(identifier, kind)
+            raise UnknownModelError(identifier, kind, self._hint(identifier, kind))
         return spec
+
+    @staticmethod
+    def _hint(identifier: str, kind: ModelKind) -> str:
+        """What to install for a public id that names an architecture, not a model."""
+        architecture = LEGACY_MODEL_ARCHITECTURES.get(identifier)
+        if kind is not ModelKind.CHECKPOINT or architecture is None:
+            return ""
+        return (
+            f"{identifier} asks for an {FAMILY_NAMES[architecture]} checkpoint and none is "
+            "installed: put one into the models directory's checkpoints/ folder, or bind "
+            f'{identifier} to a checkpoint with ids = ["{identifier}"] in manifest.toml'
+        )

@@ -7,11 +7,17 @@ name; a request may name one, else the utility's default is used: the one named 
 any, otherwise the first by name. Nothing is downloaded: a missing model is a clear error that
 says what to put where. Only names and files are read here; the loaders live in
 pipelines/utilities/.
+
+Demo models: while a server has no real checkpoint, the catalogue builder (models/registry.py)
+names the demo set's folder for its models directory (use_demo_models), and a utility with no
+installed model uses the demo one (random: it answers noise). A real model of the utility replaces
+it; with a real checkpoint installed no demo utility is used, so that a server in production never
+passes images through a random NSFW check or prompts through a random translator.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -82,12 +88,27 @@ LAYOUTS: dict[Utility, UtilityLayout] = {
 }
 DEFAULT_NAME = "default"
 
+# models directory (resolved) -> the folder laid out like one that holds the demo utility models.
+# Set when the catalogue is built (use_demo_models), read by every lookup of that directory.
+_DEMO_DIRS: dict[Path, Path] = {}
+
 
 @dataclass(frozen=True)
 class UtilityModel:
     utility: Utility
     name: str  # the folder or file name: what a request names it by
     path: Path
+    is_demo: bool = False  # one of the demo set's random models
+
+
+def use_demo_models(models_dir: Path, demo_dir: Path | None) -> None:
+    """Lookups in models_dir fall back to the demo models under demo_dir (laid out like a models
+    directory); None: no fallback."""
+    key = models_dir.resolve()
+    if demo_dir is None:
+        _DEMO_DIRS.pop(key, None)
+    else:
+        _DEMO_DIRS[key] = demo_dir
 
 
 class UtilityModelMissing(LookupError):
@@ -97,8 +118,18 @@ class UtilityModelMissing(LookupError):
 
 def installed(models_dir: Path | None, utility: Utility) -> list[UtilityModel]:
     """The utility's installed models, by name (folders that resolve outside the models
-    directory are ignored)."""
-    if models_dir is None or not models_dir.is_dir():
+    directory are ignored); none installed: the demo model, if models_dir has the fallback."""
+    if models_dir is None:
+        return []
+    found = _installed_in(models_dir, utility)
+    demo_dir = _DEMO_DIRS.get(models_dir.resolve()) if not found else None
+    if demo_dir is not None:
+        found = [replace(m, is_demo=True) for m in _installed_in(demo_dir, utility)]
+    return found
+
+
+def _installed_in(models_dir: Path, utility: Utility) -> list[UtilityModel]:
+    if not models_dir.is_dir():
         return []
     layout = LAYOUTS[utility]
     root = models_dir.resolve()

@@ -1,7 +1,9 @@
-"""The embedded demo model: a tiny, randomly initialised SD 1.x pipeline built on first start.
+"""The demo checkpoints: tiny, randomly initialised SD 1.x and SDXL pipelines built on first start.
 
-It lets a fresh install serve every action end to end with nothing downloaded. Its weights are
-random, so it draws noise; ListModels says so. Same seed and torch version -> same weights.
+They let a fresh install serve every action end to end with nothing downloaded (the SDXL one
+answers the clients that ask for an SDXL model, such as legacy model id 4). Their weights are
+random, so they draw noise; the listings say so. Same seed and torch version -> same weights.
+The SDXL builder is also the tests' tiny SDXL pipeline (tests/models/tiny.py).
 """
 
 from __future__ import annotations
@@ -9,37 +11,62 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.utils import logging as diffusers_logging
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 from transformers.utils import logging as transformers_logging
 
 from models.catalogue import Architecture, ModelKind, ModelSpec, WeightFormat
+from models.loader import CONFIGS_DIR
 from models.tokenizer import BOS, EOS, VOCAB_SIZE, clip_tokenizer
 
 DEMO_CODE = "easel-demo"
+DEMO_XL_CODE = "easel-demo-xl"
 DEMO_VERSION = 1  # bump when the architecture below changes, so old builds are replaced
 _MARKER = "easel-demo.json"
+IN_CHANNELS = {False: 4, True: 9}  # inpainting -> UNet input channels
+
+
+# The SD 1.x demo UNet's down half: what its ControlNets copy (models/demo/controlnet.py).
+DEMO_UNET_DOWN: dict[str, Any] = {
+    "in_channels": 4,
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+
+
+def demo_unet() -> UNet2DConditionModel:
+    """The SD 1.x demo UNet, with whatever weights torch's generator gives (seed it first)."""
+    return UNet2DConditionModel(
+        sample_size=8,
+        out_channels=4,
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **DEMO_UNET_DOWN,
+    )
 
 
 def build_demo_pipeline(tokenizer_cache: Path) -> StableDiffusionPipeline:
     """Tiny components in the SD 1.x layout (8x VAE, 12 CLIP layers so every ClipSkip works)."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    unet = demo_unet()
     torch.manual_seed(1)
     vae = AutoencoderKL(
         in_channels=3,
@@ -89,18 +116,102 @@ def build_demo_pipeline(tokenizer_cache: Path) -> StableDiffusionPipeline:
     )
 
 
-def ensure_demo_model(root: Path) -> Path:
-    """Build the demo model under root/easel-demo once; later starts reuse it."""
-    dest = root / DEMO_CODE
+def _text_config(hidden: int, *, act: str, projection: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=projection,
+        hidden_act=act,
+        bos_token_id=VOCAB_SIZE - 2,
+        eos_token_id=VOCAB_SIZE - 1,
+        pad_token_id=VOCAB_SIZE - 1,
+    )
+
+
+def tiny_vae(*, scaling_factor: float = 0.18215, seed: int = 1) -> AutoencoderKL:
+    """Four blocks (8x downscale) and two layers per block, like the real SD VAE."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+    )
+
+
+def tiny_sdxl_pipeline(tokenizer_cache: Path, *, inpainting: bool = False) -> DiffusionPipeline:
+    """SDXL layout: plain first block, linear projections, deeper transformers lower down, two
+    text encoders of different widths (the second with projection), text_time embedding."""
+    te1_width, te2_width, projection, time_dim = 32, 64, 32, 8
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=IN_CHANNELS[inpainting],
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 2),
+        use_linear_projection=True,
+        cross_attention_dim=te1_width + te2_width,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + projection,
+        norm_num_groups=32,
+    )
+    vae = tiny_vae(scaling_factor=0.13025)
+    torch.manual_seed(2)
+    text_encoder = CLIPTextModel(_text_config(te1_width, act="quick_gelu", projection=te1_width))
+    torch.manual_seed(3)
+    text_encoder_2 = CLIPTextModelWithProjection(
+        _text_config(te2_width, act="gelu", projection=projection)
+    )
+    config = "sdxl-inpaint" if inpainting else "sdxl"
+    cls = StableDiffusionXLInpaintPipeline if inpainting else StableDiffusionXLPipeline
+    return cls(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=clip_tokenizer(tokenizer_cache),
+        tokenizer_2=clip_tokenizer(tokenizer_cache, pad_token="!"),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler.from_pretrained(
+            CONFIGS_DIR / config, subfolder="scheduler"
+        ),
+    )
+
+
+# code -> (display name, architecture, builder): the demo checkpoints, the default one first.
+DEMO_CHECKPOINTS: dict[str, tuple[str, Architecture, Callable[[Path], DiffusionPipeline]]] = {
+    DEMO_CODE: ("easel demo", Architecture.SD1, build_demo_pipeline),
+    DEMO_XL_CODE: ("easel demo XL", Architecture.SDXL, tiny_sdxl_pipeline),
+}
+
+
+def ensure_demo_model(root: Path, code: str = DEMO_CODE) -> Path:
+    """Build a demo checkpoint under root/<code> once; later starts reuse it."""
+    dest = root / code
     marker = dest / _MARKER
     if marker.exists() and json.loads(marker.read_text()).get("version") == DEMO_VERSION:
         return dest
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".demo-build-") as tmp:
-        staging = Path(tmp) / DEMO_CODE
+        staging = Path(tmp) / code
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
-        build_demo_pipeline(root / ".tokenizer").save_pretrained(staging)
+        DEMO_CHECKPOINTS[code][2](root / ".tokenizer").save_pretrained(staging)
         (staging / _MARKER).write_text(json.dumps({"version": DEMO_VERSION}))
         if dest.exists():
             shutil.rmtree(dest)
@@ -108,16 +219,18 @@ def ensure_demo_model(root: Path) -> Path:
     return dest
 
 
-def demo_spec(path: Path) -> ModelSpec:
+def demo_spec(path: Path, code: str = DEMO_CODE) -> ModelSpec:
+    name, architecture, _ = DEMO_CHECKPOINTS[code]
+    family = {Architecture.SD1: "SD 1.x", Architecture.SDXL: "SDXL"}[architecture]
     return ModelSpec(
-        code=DEMO_CODE,
-        name="easel demo",
+        code=code,
+        name=name,
         kind=ModelKind.CHECKPOINT,
-        architecture=Architecture.SD1,
+        architecture=architecture,
         path=path,
         weight_format=WeightFormat.DIFFUSERS,
         description=(
-            "Tiny randomly initialised SD 1.x model built on first start: it draws noise. "
+            f"Tiny randomly initialised {family} model built on first start: it draws noise. "
             "Put real checkpoints into the models directory."
         ),
         is_demo=True,

@@ -5,7 +5,8 @@ real families' layouts (block types, layers per block, two text encoders for SDX
 schedulers and tokenizers) at widths of 8-96, so they run a 64x64 image in milliseconds on a CPU.
 Writers save them in the on-disk formats users have: diffusers folders, original single-file
 .safetensors (see ldm_format.py), pickle .ckpt, and the config-only folder a single file needs.
-Other tests may use these too.
+Other tests may use these too. The SDXL pipeline and the VAE are the demo set's SDXL checkpoint
+builders (models/demo/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -18,25 +19,27 @@ from pathlib import Path
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     DDIMScheduler,
     DiffusionPipeline,
     EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
-    StableDiffusionXLInpaintPipeline,
-    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextModel
 
+from models.demo.checkpoint import (  # noqa: F401  the demo set's builders, re-exported
+    IN_CHANNELS,
+    _text_config,
+    tiny_sdxl_pipeline,
+    tiny_vae,
+)
 from models.loader import CONFIGS_DIR
-from models.tokenizer import VOCAB_SIZE, clip_tokenizer
+from models.tokenizer import clip_tokenizer
 from tests.models.ldm_format import sd_to_ldm, sdxl_to_sgm
 
-IN_CHANNELS = {False: 4, True: 9}  # inpainting -> UNet input channels
 # The real families' schedulers, read from the bundled configs.
 SD1_SCHEDULERS = {False: (PNDMScheduler, "sd15"), True: (DDIMScheduler, "sd15-inpaint")}
 SDXL_SCHEDULERS = {
@@ -45,39 +48,6 @@ SDXL_SCHEDULERS = {
 }
 # Files of a diffusers folder that a config-only folder keeps.
 CONFIG_FILES = ("model_index.json", "config.json", "scheduler_config.json")
-
-
-def _text_config(hidden: int, *, act: str, projection: int) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=projection,
-        hidden_act=act,
-        bos_token_id=VOCAB_SIZE - 2,
-        eos_token_id=VOCAB_SIZE - 1,
-        pad_token_id=VOCAB_SIZE - 1,
-    )
-
-
-def tiny_vae(*, scaling_factor: float = 0.18215, seed: int = 1) -> AutoencoderKL:
-    """Four blocks (8x downscale) and two layers per block, like the real SD VAE."""
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=scaling_factor,
-    )
 
 
 def tiny_sd1_pipeline(tokenizer_cache: Path, *, inpainting: bool = False) -> DiffusionPipeline:
@@ -109,48 +79,6 @@ def tiny_sd1_pipeline(tokenizer_cache: Path, *, inpainting: bool = False) -> Dif
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
-    )
-
-
-def tiny_sdxl_pipeline(tokenizer_cache: Path, *, inpainting: bool = False) -> DiffusionPipeline:
-    """SDXL layout: plain first block, linear projections, deeper transformers lower down, two
-    text encoders of different widths (the second with projection), text_time embedding."""
-    te1_width, te2_width, projection, time_dim = 32, 64, 32, 8
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=IN_CHANNELS[inpainting],
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        transformer_layers_per_block=(1, 2),
-        use_linear_projection=True,
-        cross_attention_dim=te1_width + te2_width,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=time_dim,
-        projection_class_embeddings_input_dim=6 * time_dim + projection,
-        norm_num_groups=32,
-    )
-    vae = tiny_vae(scaling_factor=0.13025)
-    torch.manual_seed(2)
-    text_encoder = CLIPTextModel(_text_config(te1_width, act="quick_gelu", projection=te1_width))
-    torch.manual_seed(3)
-    text_encoder_2 = CLIPTextModelWithProjection(
-        _text_config(te2_width, act="gelu", projection=projection)
-    )
-    scheduler_cls, config = SDXL_SCHEDULERS[inpainting]
-    cls = StableDiffusionXLInpaintPipeline if inpainting else StableDiffusionXLPipeline
-    return cls(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=clip_tokenizer(tokenizer_cache),
-        tokenizer_2=clip_tokenizer(tokenizer_cache, pad_token="!"),
-        unet=unet,
-        scheduler=scheduler_cls.from_pretrained(CONFIGS_DIR / config, subfolder="scheduler"),
     )
 
 

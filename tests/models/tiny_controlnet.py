@@ -6,6 +6,7 @@ changes the image. Writers save them as the real formats: lllyasviel's original 
 (`control_model.*` LDM keys, like control_v11p_sd15_canny.safetensors), a single file with
 diffusers keys (how most SDXL ControlNets ship), a diffusers folder, and the config-only folder a
 single file loads with. Also a random MLSD line detector saved like lllyasviel/Annotators' file.
+The builder and the folder writer are the demo set's (models/demo/controlnet.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel
 
+from models.demo.controlnet import (  # noqa: F401  save_controlnet_folder: re-exported
+    HINT_CHANNELS,
+    save_controlnet_folder,
+    tiny_controlnet,
+)
 from pipelines.preprocessors import controlnet_aux
 from tests.models.ldm_format import UNET_FIXED, UNET_RESNET, _rename
 from tests.models.tiny import save_safetensors
@@ -23,9 +29,6 @@ from tests.models.tiny import save_safetensors
 Tensor = torch.Tensor
 
 CONTROL_PREFIX = "control_model."
-# ControlNetConditioningEmbedding: four widths = three stride-2 convolutions (8x down, to the
-# latent size), the layout whose LDM names end at input_hint_block.14.
-HINT_CHANNELS = (8, 8, 16, 16)
 CONTROLNET_FIXED: dict[str, str] = {
     **{k: v for k, v in UNET_FIXED.items() if not k.startswith(("conv_norm_out", "conv_out"))},
     "controlnet_cond_embedding.conv_in.": "input_hint_block.0.",
@@ -35,22 +38,10 @@ CONTROLNET_FIXED: dict[str, str] = {
 ANNOTATOR_FILES = {"mlsd": "mlsd_large_512_fp32.pth"}
 
 
-def _randomise(model: ControlNetModel, seed: int) -> ControlNetModel:
-    """Give the zero-initialised output convolutions random weights: a unit must do something."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        zero_convs = [*model.controlnet_down_blocks, model.controlnet_mid_block]
-        zero_convs.append(model.controlnet_cond_embedding.conv_out)
-        for conv in zero_convs:
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.3)
-            conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.1)
-    return model.eval()
-
-
 def tiny_sd1_controlnet(seed: int = 10) -> ControlNetModel:
     """Fits tiny_sd1_pipeline's UNet: (32, 64) channels, cross-attention first, context 32."""
-    torch.manual_seed(seed)
-    model = ControlNetModel(
+    return tiny_controlnet(
+        seed,
         in_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=2,
@@ -58,16 +49,14 @@ def tiny_sd1_controlnet(seed: int = 10) -> ControlNetModel:
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=32,
-        conditioning_embedding_out_channels=HINT_CHANNELS,
     )
-    return _randomise(model, seed)
 
 
 def tiny_sdxl_controlnet(seed: int = 20) -> ControlNetModel:
     """Fits tiny_sdxl_pipeline's UNet: plain first block, linear projections, text_time."""
     time_dim, projection = 8, 32
-    torch.manual_seed(seed)
-    model = ControlNetModel(
+    return tiny_controlnet(
+        seed,
         in_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=2,
@@ -80,9 +69,7 @@ def tiny_sdxl_controlnet(seed: int = 20) -> ControlNetModel:
         addition_time_embed_dim=time_dim,
         projection_class_embeddings_input_dim=6 * time_dim + projection,
         norm_num_groups=32,
-        conditioning_embedding_out_channels=HINT_CHANNELS,
     )
-    return _randomise(model, seed)
 
 
 def controlnet_to_ldm(state: Mapping[str, Tensor], config: Mapping[str, object]) -> dict:
@@ -115,12 +102,6 @@ def save_controlnet_single_file(model: ControlNetModel, dest: Path) -> Path:
 def save_controlnet_diffusers_file(model: ControlNetModel, dest: Path) -> Path:
     """One .safetensors with diffusers keys, as most SDXL ControlNet files are distributed."""
     return save_safetensors(model.state_dict(), dest)
-
-
-def save_controlnet_folder(model: ControlNetModel, dest: Path) -> Path:
-    """A diffusers folder: config.json + diffusion_pytorch_model.safetensors."""
-    model.save_pretrained(dest)
-    return dest
 
 
 def save_controlnet_config(model: ControlNetModel, dest: Path) -> Path:
