@@ -1,4 +1,4 @@
-"""Shared fixtures: the demo model built once per session, engines and in-process apps over it.
+"""Shared fixtures: the demo set built once per session, engines and in-process apps over it.
 
 Nothing here downloads: the demo model is built from code, like the server builds it.
 """
@@ -17,12 +17,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models.demo import ensure_demo_model
+def demo_root() -> Path:
+    """The demo set (every demo model: tests/demo_set.py), built once per session."""
+    from tests.demo_set import shared_demo_root
 
-    root = tmp_path_factory.mktemp("demo")
-    ensure_demo_model(root)
-    return root
+    return shared_demo_root()
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipelines.engine import Engine, EngineConfig
 from pipelines.jobs import GenerationJob, JobError, JobResult
+from tests.demo_set import link_demo_set
 
 
 def run_jobs(
@@ -20,7 +21,9 @@ def run_jobs(
     """Each job's result, or the JobError it failed with, in order; one engine on the CPU."""
 
     async def main() -> list[JobResult | JobError]:
-        engine, _notes = Engine.open(models_dir, data_dir, EngineConfig(devices=["cpu"]))
+        engine, _notes = Engine.open(
+            models_dir, link_demo_set(data_dir), EngineConfig(devices=["cpu"])
+        )
         await engine.start()
         try:
             results: list[JobResult | JobError] = []

@@ -13,6 +13,8 @@ from typing import Self
 
 import httpx
 
+from tests.demo_set import link_demo_set
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -83,7 +85,18 @@ class EaselProcess:
 
 
 class ServerProcess(EaselProcess):
-    def __init__(self, data_dir: Path, *extra_args: str, env: dict[str, str] | None = None) -> None:
+    """`easel serve` on data_dir. share_demo: its demo set is the session's (tests/demo_set.py),
+    not built at start; False: the server builds its own, as a fresh install does."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra_args: str,
+        env: dict[str, str] | None = None,
+        share_demo: bool = True,
+    ) -> None:
+        if share_demo:
+            link_demo_set(data_dir)
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

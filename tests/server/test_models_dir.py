@@ -24,6 +24,7 @@ from pipelines.engine import Engine, EngineConfig
 from server.app import build_app
 from server.picpik.errors import TaskErrorCode
 from server.settings import Settings
+from tests.demo_set import link_demo_set
 from tests.models.tiny import (
     save_config_dir,
     save_single_file,
@@ -90,8 +91,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, StableDif
 @pytest.fixture()
 def client(installed, tmp_path: Path):
     models_dir, _ = installed
+    data_dir = link_demo_set(tmp_path / "data")
     engine, notes = Engine.open(
-        models_dir, tmp_path / "data", EngineConfig(devices=["cpu"], cache_dir=tmp_path)
+        models_dir, data_dir, EngineConfig(devices=["cpu"], cache_dir=tmp_path)
     )
     assert notes == []
     with TestClient(build_app(Settings(data_dir=tmp_path / "data"), engine)) as http:

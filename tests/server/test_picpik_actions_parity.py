@@ -34,6 +34,7 @@ from models.registry import build_catalogue
 from pipelines.engine import Engine, EngineConfig
 from server.app import build_app
 from server.settings import Settings
+from tests.demo_set import link_demo_set
 from tests.models import tiny
 from tests.models import tiny_submodels as sub
 from tests.models.tiny_controlnet import (
@@ -114,7 +115,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PicpikClient]:
-    data = tmp_path_factory.mktemp("data")
+    data = link_demo_set(tmp_path_factory.mktemp("data"))
     engine, _ = Engine.open(models_dir, data, EngineConfig(devices=["cpu"]))
     with TestClient(build_app(Settings(data_dir=data), engine)) as http:
         yield PicpikClient(http)
