@@ -13,6 +13,8 @@ from models.catalogue import ModelKind, ModelSpec
 from models.download import DownloadReporter, describe_size, describe_speed
 from models.install import INSTALL_FOLDERS, KIND_NAMES, PullError, PullRequest, pull
 from models.manifest import ManifestError
+from models.utility_models import Utility
+from models.utility_models import installed as installed_utilities
 
 __all__ = [
     "INSTALL_KINDS",
@@ -118,8 +120,9 @@ class InstalledModel:
 def installed_models(
     models_dir: Path, data_dir: Path, *, allow_pickle: bool = False
 ) -> tuple[list[InstalledModel], list[str]]:
-    """Every model the server would serve (the demo model included), kinds in catalogue order,
-    and notes on the files the scan skipped. ValueError: the manifest is broken."""
+    """Every model the server would serve (the demo set included), kinds in catalogue order, then
+    the utility models, and notes on the files the scan skipped. ValueError: the manifest is
+    broken."""
     from models.registry import build_catalogue  # builds the demo model: torch
 
     try:
@@ -131,6 +134,11 @@ def installed_models(
         _installed(spec, catalogue.aliases)
         for kind in ModelKind
         for spec in catalogue.by_kind(kind)
+    ]
+    models += [  # looked up when a job runs; listed as such a job would find them now
+        InstalledModel(utility.value, model.name, "-", model.path, (), is_demo=model.is_demo)
+        for utility in Utility
+        for model in installed_utilities(models_dir, utility)
     ]
     notes = [f"skipped {s.path}: {s.reason}" for s in report.skipped]
     return models, notes

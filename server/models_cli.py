@@ -134,7 +134,7 @@ def _row(model: InstalledModel, models_dir: Path) -> tuple[str, ...]:
         if path.is_relative_to(root):
             path = path.relative_to(root)
             break
-    shown = f"{path} (built-in demo)" if model.is_demo else str(path)
+    shown = f"{path} (built-in demo: draws noise)" if model.is_demo else str(path)
     return (model.kind, model.code, model.architecture, shown, ", ".join(model.public_ids))
 
 

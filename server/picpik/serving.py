@@ -311,7 +311,8 @@ class PicpikService:
         return entries
 
     async def list_controlnets(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        """Installed ControlNet models, and the preprocessors that can run here."""
+        """Installed ControlNet models (the demo set's, for the codes no installed one has), and
+        the preprocessors that can run here."""
         preprocessors = {
             p.code: {
                 "ModelCode": p.code,
@@ -329,6 +330,8 @@ class PicpikService:
         control_models = {
             model.name: {
                 "ModelCode": model.code,
+                # Extension, as in ListModels: what the model is (a demo one says it draws noise).
+                "Description": model.description,
                 "InferenceParams": {
                     "ControlWeight": 1,
                     "StartingStep": 0,

@@ -677,10 +677,14 @@ def _air(model: ModelInfo, aliases: list[str]) -> str:
     return next((i for i in ids if ":" in i and "@" in i), model.code)
 
 
+# Appended to a demo model's name, so that lists built from the names (the playground's) say so.
+DEMO_NAME_NOTE = " (demo: draws noise)"
+
+
 def _model_entry(model: ModelInfo, aliases: list[str]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "air": _air(model, aliases),
-        "name": model.name,
+        "name": model.name + (DEMO_NAME_NOTE if model.is_demo else ""),
         "version": "1",
         "category": CATEGORIES[model.kind],
         "architecture": ARCHITECTURES.get(model.architecture, ""),
