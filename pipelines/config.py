@@ -4,7 +4,8 @@ It lives here, apart from pipelines/engine.py, because this module imports nothi
 standard library: `easel serve`'s option table (server/options.py) reads these defaults to build
 the CLI without importing torch. pipelines cannot import server, so the defaults of the engine's
 options are written here, once, and the table, the CLI, Settings and the README take them from
-this class. pipelines.engine re-exports EngineConfig.
+this class (after changing one, run `python scripts/readme_options.py` to update README.md).
+pipelines.engine re-exports EngineConfig, so `from pipelines.engine import EngineConfig` works.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 the protocol's own format before any work is queued.
 
 One frozen Limits travels in Settings; every check reads it from there, and each limit has a
-`easel serve` flag and an EASEL_* variable (docs/reliability.md lists them).
+`easel serve` flag and an EASEL_* variable (docs/reliability.md lists them). The defaults below
+are the CLI's too: the option table (server/options.py) reads them, so after changing one run
+`python scripts/readme_options.py` to update README.md.
 """
 
 from __future__ import annotations

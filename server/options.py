@@ -4,8 +4,9 @@ that take it and where its value goes. The argparse parsers (server/cli.py), Set
 (server/settings.py) and the README's option table (scripts/readme_options.py) are all read
 from it; tests/unit/test_options.py checks that they agree.
 
-A value comes from the flag, else from its variable, else from the default. The variable's text
-goes through the same parser as the flag's, so a bad one is refused the same way.
+A value comes from the flag, else from its variable (an empty one counts as unset), else from
+the default. The variable's text goes through the same parser as the flag's, so a bad one is
+refused the same way.
 
 Where defaults are written: an option whose value ends in a configuration class of its own
 (EngineConfig, ClusterConfig, Limits) takes its default from that class, because those classes
@@ -565,10 +566,16 @@ def list_value(args: argparse.Namespace, option: Option) -> tuple[Any, ...]:
 
 
 def value(args: argparse.Namespace, option: Option) -> Any:
-    """The option's value for the parsed arguments (the default where the command lacks it)."""
+    """The option's value for the parsed arguments (the default where the command lacks it).
+    ValueError names the variable when its value is malformed: a list's item, or a choice
+    (argparse checks a flag's choice, but not a default's, which is where a variable goes)."""
     if option.kind == "list":
         return list_value(args, option) if hasattr(args, option.dest) else option.default
-    return getattr(args, option.dest, option.default)
+    found = getattr(args, option.dest, option.default)
+    if option.choices and found not in option.choices:
+        choices = ", ".join(option.choices)
+        raise ValueError(f"{option.env}: {found!r} is not one of {choices}")
+    return found
 
 
 def by_flag(flag: str) -> Option:

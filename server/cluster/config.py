@@ -1,6 +1,8 @@
 """Cluster settings and the names everything shares in Redis and in the broker.
 
-API replicas and workers must agree on these, so they live in one place.
+API replicas and workers must agree on these, so they live in one place. ClusterConfig's
+defaults are the CLI's too: the option table (server/options.py) reads them, so after changing
+one run `python scripts/readme_options.py` to update README.md.
 """
 
 from __future__ import annotations

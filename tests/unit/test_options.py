@@ -188,6 +188,13 @@ def test_a_bad_variable_is_refused_like_a_bad_flag(
     build_parser().parse_args(["worker", "--broker", BROKER])  # the worker has no --port
 
 
+def test_a_variable_outside_the_choices_is_refused(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("EASEL_DTYPE", "fp8")
+    args = build_parser().parse_args(["serve"])
+    with pytest.raises(ValueError, match="EASEL_DTYPE: 'fp8' is not one of auto, fp16, bf16, fp32"):
+        settings_from_args(args)
+
+
 def test_the_worker_needs_a_broker_from_its_flag_or_variable(
     clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
