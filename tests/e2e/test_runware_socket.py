@@ -351,7 +351,8 @@ def test_bad_new_task_is_a_legacy_error_with_its_task_uuid(
         ("newReverseImageClip", "inputImage"),  # an unknown imageUUID: the image is missing
         ("newUpscaleGan", "inputImage"),
         ("newRemoveBackground", "inputImage"),
-        ("newPromptEnhance", "prompt-enhance/"),  # this server has no utility models
+        # (newPromptEnhance runs: the demo set's prompt enhancer answers it, see
+        # test_demo_set_server.py; this server has no utility models of its own.)
     ],
 )
 def test_utility_messages_that_cannot_run_are_clear_legacy_errors(

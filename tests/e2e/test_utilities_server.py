@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from pipelines.jobs import (
     UpscaleJob,
 )
 from server.picpik.errors import RetCode
+from tests.demo_set import shared_demo_root
 from tests.e2e.server_process import ServerProcess
 from tests.engine_harness import run_jobs
 from tests.models.tiny_blip import save_tiny_blip
@@ -83,8 +85,10 @@ def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture(scope="module")
 def bare_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with a checkpoint of its own and no utility models: the demo set's utility models
+    serve only servers without a real checkpoint, so here every utility is missing."""
     root = tmp_path_factory.mktemp("no-utility-models")
-    (root / "models").mkdir()
+    shutil.copytree(shared_demo_root() / DEMO, root / "models" / "checkpoints" / "tiny")
     with ServerProcess(root / "data", "--models-dir", str(root / "models")) as process:
         yield process
 
