@@ -239,7 +239,9 @@ LEGACY_MODEL_PREFIX = "legacy:"
 @dataclass(frozen=True)
 class LegacyModel:
     """A numeric modelId: the public id the catalogue resolves (the operator binds it to a local
-    checkpoint with `ids = ["legacy:13"]` in the models manifest) and the documented model."""
+    checkpoint with `ids = ["legacy:13"]` in the models manifest; unbound, it is the default
+    checkpoint of the documented model's architecture: models/catalogue.py
+    LEGACY_MODEL_ARCHITECTURES, which lists these ids too) and the documented model."""
 
     public_id: str
     name: str
