@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TypeGuard
 from urllib.parse import unquote, urlparse
 
 import httpx
@@ -366,7 +367,7 @@ def _sidecar_digest(source: _Source, client: httpx.Client) -> str | None:
     return digest if SHA256_HEX.match(digest) else None
 
 
-def _is_safetensors_name(name: str | None) -> bool:
+def _is_safetensors_name(name: str | None) -> TypeGuard[str]:
     return bool(name) and PurePosixPath(str(name).lower()).suffix in SAFETENSORS_SUFFIXES
 
 

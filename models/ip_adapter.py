@@ -298,7 +298,8 @@ def load_image_encoder(
             local_files_only=True,
             use_safetensors=None if allow_pickle else True,
         )
-        return encoder.to(device).eval()
+        # transformers' @wraps(Module.to) hides the bound signature from mypy
+        return encoder.to(device).eval()  # type: ignore[arg-type]
     except Exception as e:  # transformers raises many types for broken folders
         raise ModelLoadError(
             f"cannot load the image encoder {folder}: {type(e).__name__}: {e}"

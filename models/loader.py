@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+from diffusers.loaders import FromSingleFileMixin
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
@@ -214,6 +215,8 @@ def _from_diffusers_folder(
 def _from_single_file(
     cls: type[DiffusionPipeline], spec: ModelSpec, dtype: torch.dtype, cache_dir: Path
 ) -> DiffusionPipeline:
+    if not issubclass(cls, FromSingleFileMixin):  # every class of PIPELINE_CLASSES is
+        raise ModelLoadError(f"{spec.code}: {cls.__name__} cannot load single-file checkpoints")
     return cls.from_single_file(
         str(spec.path),
         config=str(config_dir_for(spec)),
@@ -306,6 +309,6 @@ def _missing_package(spec: ModelSpec, error: ImportError) -> str:
 
 def _to_device(model: _Model, spec: ModelSpec, device: str) -> _Model:
     try:
-        return model.to(device)
+        return model.to(device)  # type: ignore[arg-type]  # diffusers' @wraps(Module.to) hides self
     except Exception as e:
         raise ModelLoadError(f"{spec.code}: cannot move it to {device}: {e}") from e

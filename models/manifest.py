@@ -262,7 +262,7 @@ def _entry_for(spec: ModelSpec, manifest: Manifest, root: Path) -> ManifestEntry
 def _apply_entry(spec: ModelSpec, entry: ManifestEntry | None) -> ModelSpec:
     if entry is None:
         return spec
-    changes: dict[str, object] = {
+    changes: dict[str, Any] = {  # ModelSpec field -> value, each of that field's type
         name: value
         for name, value in (
             ("code", entry.code),

@@ -163,9 +163,10 @@ def read_hypernetwork(spec: ModelSpec) -> HypernetworkWeights:
         if not isinstance(width, int):
             continue  # settings and training notes
         tables = [_tensor_table(m) for m in pair] if isinstance(pair, list | tuple) else []
-        if len(tables) != 2 or not all(tables):
+        present = [table for table in tables if table]
+        if len(tables) != 2 or len(present) != 2:
             raise ModelLoadError(f"{what}: width {width} does not hold a key and a value module")
-        key, value = ({OLD_HYPERNETWORK_KEYS.get(k, k): v for k, v in t.items()} for t in tables)
+        key, value = ({OLD_HYPERNETWORK_KEYS.get(k, k): v for k, v in t.items()} for t in present)
         modules[width] = (key, value)
     if not modules:
         raise ModelLoadError(f"{what}: not an A1111 hypernetwork (no modules)")

@@ -85,7 +85,7 @@ class UnitControlNet(torch.nn.Module):
         self.mode = mode
         self.cfg = cfg  # the batch holds [unconditional, conditional] halves
         self.mask = mask  # [1, 1, H, W] in 0..1, or None
-        self.pooled = bool(net.config.global_pool_conditions)
+        self.pooled = bool(net.config["global_pool_conditions"])
         self._config = FrozenDict({**net.config, "global_pool_conditions": False})
 
     @property
@@ -185,7 +185,9 @@ def prepare_controls(
         "control_guidance_end": [float(u.end) for u in job.controls],
         "guess_mode": all(net.conditional_only for net in nets),
     }
-    return PreparedControl(MultiControlNetModel(nets), images, args)
+    # diffusers annotates ControlNetModel; it only calls each net, as UnitControlNet is called
+    multi = MultiControlNetModel(nets)  # type: ignore[arg-type]  # duck-typed ControlNetModel
+    return PreparedControl(multi, images, args)
 
 
 def _check_steps(unit: ControlUnit, index: int) -> None:
@@ -223,8 +225,9 @@ def controlnet_for(
 def _fits(model: ControlNetModel, base: DiffusionPipeline) -> bool:
     """Same residual shapes and context width as the checkpoint's UNet expects."""
     unet = base.unet.config
-    return tuple(model.config.block_out_channels) == tuple(unet.block_out_channels) and (
-        model.config.cross_attention_dim == unet.cross_attention_dim
+    config = model.config
+    return tuple(config["block_out_channels"]) == tuple(unet.block_out_channels) and (
+        config["cross_attention_dim"] == unet.cross_attention_dim
     )
 
 

@@ -115,7 +115,7 @@ def _decode(value: Any, hint: Any, path: str) -> Any:
         return MappingProxyType(decoded) if origin is Mapping else decoded
     if hint is Image.Image:
         return _decode_image(value, path)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _decode_dataclass(value, hint, path)
     if isinstance(hint, type) and issubclass(hint, Enum):
         try:
@@ -163,7 +163,7 @@ def _decode_image(value: Any, path: str) -> Image.Image:
     if set(obj) == {"image"}:
         data = _base64(obj["image"], path)
         try:
-            image = Image.open(io.BytesIO(data), formats=["PNG"])
+            image: Image.Image = Image.open(io.BytesIO(data), formats=["PNG"])
             image.load()
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise JobCodecError(f"{path}: not a valid PNG image: {error}") from error

@@ -190,7 +190,9 @@ def decode(vae: Any, latents: torch.Tensor, xl: bool) -> torch.Tensor:
 
 def denormalized(processor: VaeImageProcessor, images: torch.Tensor) -> torch.Tensor:
     """The post-processing's tensor half (on the device): [-1, 1] -> [0, 1]."""
-    return processor.postprocess(images, output_type="pt", do_denormalize=[True] * len(images))
+    out = processor.postprocess(images, output_type="pt", do_denormalize=[True] * len(images))
+    assert isinstance(out, torch.Tensor)  # output_type="pt"
+    return out
 
 
 def to_images(processor: VaeImageProcessor, images: torch.Tensor) -> list[Image]:

@@ -306,7 +306,10 @@ def _sdembeds(
         "negative_prompt_embeds": torch.cat(embeds[1], dim=-1),
     }
     if sdxl:
-        result["pooled_prompt_embeds"], result["negative_pooled_prompt_embeds"] = pooled
+        positive, negative = pooled
+        if positive is None or negative is None:  # SDXL's last text encoder has a projection
+            raise JobError(ErrorCode.INTERNAL, "sdEmbeds: no pooled prompt embedding for SDXL")
+        result["pooled_prompt_embeds"], result["negative_pooled_prompt_embeds"] = positive, negative
     return result
 
 

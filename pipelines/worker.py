@@ -38,7 +38,7 @@ from pipelines.adapters import adapted
 from pipelines.batching.former import BatchFormer
 from pipelines.batching.keys import BatchKey, BatchMode
 from pipelines.batching.stats import EngineStats
-from pipelines.denoise_loop import DenoiseLoop
+from pipelines.denoise_loop import DenoiseLoop, UNetCall
 from pipelines.handle import JobHandle
 from pipelines.heap import release_free_memory
 from pipelines.jobs import (
@@ -132,7 +132,7 @@ class DeviceWorker(threading.Thread):
         self._running: set[JobHandle] = set()  # jobs on this worker now (the engine may cancel)
         self._running_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._compiled: dict[int, object] = {}
+        self._compiled: dict[int, UNetCall] = {}
         self._warmed: set[tuple[int, int, int]] = set()
         self._key: Hashable | None = None  # the batch in hand (status)
         self.loading: str | None = None  # the checkpoint being preloaded (status)
@@ -314,7 +314,7 @@ class DeviceWorker(threading.Thread):
             time.perf_counter() - started,
         )
 
-    def _compiled_unet(self, pipe: DiffusionPipeline) -> object | None:
+    def _compiled_unet(self, pipe: DiffusionPipeline) -> UNetCall | None:
         """The checkpoint's UNet under torch.compile (built once per loaded UNet), when the
         engine compiles; its graphs are per bucket size, warmed up by their first batches."""
         if not self.parts.compile_buckets:

@@ -36,7 +36,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     **{
         name.lower(): cls
         for name, cls in inspect.getmembers(nn.modules.activation, inspect.isclass)
-        if cls.__module__ == nn.modules.activation.__name__
+        if cls.__module__ == nn.modules.activation.__name__ and issubclass(cls, nn.Module)
     },
     "linear": nn.Identity,
     "relu": nn.ReLU,
@@ -144,9 +144,14 @@ def applied(unet: nn.Module, hypernetworks: Sequence[tuple[Hypernetwork, float]]
             if not chain:
                 continue
             patched.append((attention, attention.to_k, attention.to_v))
-            attention.to_k = HyperProjection(attention.to_k, [(k, m) for (k, _), m in chain])
-            attention.to_v = HyperProjection(attention.to_v, [(v, m) for (_, v), m in chain])
+            # diffusers types to_k / to_v as nn.Linear; any module of the same shapes works
+            # there (peft's LoRA layers replace them too).
+            hyper_k = HyperProjection(attention.to_k, [(k, m) for (k, _), m in chain])
+            hyper_v = HyperProjection(attention.to_v, [(v, m) for (_, v), m in chain])
+            attention.to_k = hyper_k  # type: ignore[assignment]  # typed nn.Linear in diffusers
+            attention.to_v = hyper_v  # type: ignore[assignment]  # typed nn.Linear in diffusers
         yield
     finally:
         for attention, to_k, to_v in reversed(patched):
-            attention.to_k, attention.to_v = to_k, to_v
+            attention.to_k = to_k  # type: ignore[assignment]  # nn.Linear in diffusers' types
+            attention.to_v = to_v  # type: ignore[assignment]  # nn.Linear in diffusers' types

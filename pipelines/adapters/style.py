@@ -178,7 +178,7 @@ class _Saved:
     def of(cls, pipe: DiffusionPipeline) -> _Saved:
         unet = pipe.unet
         return cls(
-            config=pipe._internal_dict,
+            config=pipe.config,  # its _internal_dict, the very object
             components={name: vars(pipe).get(name, _ABSENT) for name in COMPONENTS},
             processors=dict(unet.attn_processors),
             encoder_hid_proj=unet.encoder_hid_proj,
@@ -201,4 +201,4 @@ class _Saved:
                 vars(pipe).pop(name, None)
             else:
                 vars(pipe)[name] = value  # bypasses __setattr__, which would edit the config
-        pipe._internal_dict = self.config
+        pipe._internal_dict = self.config  # type: ignore[has-type]  # untyped in diffusers

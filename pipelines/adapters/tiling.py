@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from torch import nn
@@ -19,7 +19,7 @@ from torch import nn
 from pipelines.jobs import GenerationJob
 from pipelines.runners.common import RunContext
 
-CIRCULAR = "circular"
+CIRCULAR: Final = "circular"
 
 
 def _padded(conv: nn.Conv2d) -> bool:

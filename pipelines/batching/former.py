@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 
 class QueueFull(Exception):
@@ -352,12 +353,8 @@ class BatchFormer(Generic[T]):
 
     def _drop(self, entry: _Entry[T]) -> None:
         del self._entries[entry.key]
-        for counts, name in ((self._per_key, entry.batch_key), (self._per_owner, entry.owner)):
-            left = counts[name] - 1
-            if left:
-                counts[name] = left
-            else:
-                del counts[name]
+        _decrement(self._per_key, entry.batch_key)
+        _decrement(self._per_owner, entry.owner)
 
     def _refresh_vtime(self) -> None:
         """Virtual time never falls behind the least-served active owner; owners that are idle
@@ -368,3 +365,12 @@ class BatchFormer(Generic[T]):
             self._served = {
                 o: s for o, s in self._served.items() if o in self._per_owner or s > self._vtime
             }
+
+
+def _decrement(counts: dict[K, int], key: K) -> None:
+    """One fewer waiting job under `key`; a count that reaches zero is removed."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]

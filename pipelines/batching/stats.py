@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,8 +31,11 @@ class EngineStats:
     batch_sizes: Counter[int] = field(default_factory=Counter)  # images per forward -> count
     joins: int = 0  # jobs that joined a running loop mid-flight
     oom_splits: int = 0  # forwards retried in smaller pieces after running out of memory
-    overhead_seconds: Counter[str] = field(default_factory=Counter)  # stage -> wall seconds
-    overhead_cpu_seconds: Counter[str] = field(default_factory=Counter)  # stage -> CPU seconds
+    # stage -> wall seconds, CPU seconds
+    overhead_seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    overhead_cpu_seconds: defaultdict[str, float] = field(
+        default_factory=lambda: defaultdict(float)
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, name: str, amount: int = 1) -> None:

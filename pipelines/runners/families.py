@@ -8,7 +8,7 @@ units runs the ControlNet variant of its kind, with the units' models as an extr
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import diffusers
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
@@ -16,6 +16,15 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from pipelines.jobs import ErrorCode, JobError, JobKind
 
 Variant = tuple[JobKind, bool]  # (job kind, with ControlNet)
+
+if TYPE_CHECKING:
+
+    class RunnablePipeline(DiffusionPipeline):
+        """For the type checker only: a concrete diffusers pipeline (StableDiffusionPipeline...),
+        called with keyword arguments. DiffusionPipeline itself declares no __call__."""
+
+        def __call__(self, **kwargs: Any) -> Any: ...
+
 
 _SD1: dict[Variant, str] = {
     (JobKind.TXT2IMG, False): "StableDiffusionPipeline",
@@ -55,7 +64,7 @@ def pipeline_for(
     scheduler: Any,
     vae: Any = None,
     controlnet: Any = None,
-) -> DiffusionPipeline:
+) -> RunnablePipeline:
     """The pipeline for a job kind over base's components (+ a VAE and ControlNets)."""
     family = PIPELINE_FAMILIES.get(type(base).__name__, {})
     name = family.get((kind, controlnet is not None))
@@ -69,7 +78,7 @@ def pipeline_for(
         raise JobError(
             ErrorCode.INVALID_INPUT, f"a {type(base).__name__} checkpoint cannot run {what}"
         )
-    cls: type[DiffusionPipeline] = getattr(diffusers, name)
+    cls: type[RunnablePipeline] = getattr(diffusers, name)
     # Same modules and config flags as the loaded checkpoint, a fresh scheduler: no weight copies.
     available = {**base.config, **base.components, "scheduler": scheduler}
     if vae is not None:

@@ -159,7 +159,9 @@ def zoomed_control(
         for unit in control.controlnet.nets
     ]
     images = [zoom_in(image, region, width, height) for image in control.images]
-    return PreparedControl(MultiControlNetModel(nets), images, dict(control.args))
+    # diffusers annotates ControlNetModel; it only calls each net, as UnitControlNet is called
+    multi = MultiControlNetModel(nets)  # type: ignore[arg-type]  # duck-typed ControlNetModel
+    return PreparedControl(multi, images, dict(control.args))
 
 
 def redraw(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
@@ -46,6 +46,9 @@ from pipelines.runners.common import (
     make_scheduler,
     rows_per_image,
 )
+
+if TYPE_CHECKING:
+    from pipelines.runners.families import RunnablePipeline
 
 # Job kind -> the denoising steps its call plans (the progress total before the hand-off).
 PLANNED_STEPS: dict[JobKind, Callable[[GenerationJob], int]] = {
@@ -148,7 +151,7 @@ def img2img_pipeline(
 
 
 def run(
-    pipe: DiffusionPipeline, args: dict[str, Any], handoff: Handoff | None, ctx: RunContext
+    pipe: RunnablePipeline, args: dict[str, Any], handoff: Handoff | None, ctx: RunContext
 ) -> list[Image]:
     """The diffusers call `pipe(**args)` (per-image lists for the handoff's jobs); with a
     refiner, in two passes. The images come back in the call's order."""

@@ -353,7 +353,7 @@ def soft_edge(mask: np.ndarray, image_size: tuple[int, int], model_size: tuple[i
     if edge == 0:
         return False
     scale = min(1.0, math.sqrt(model_size[0] * model_size[1] / (image_size[0] * image_size[1])))
-    return soft / edge * scale >= SOFT_EDGE_WIDTH
+    return bool(soft / edge * scale >= SOFT_EDGE_WIDTH)
 
 
 def _boundary(mask: np.ndarray) -> int:
@@ -373,8 +373,8 @@ def trimap(
     mask: np.ndarray, foreground_threshold: int, background_threshold: int, erode_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(certain foreground, certain background) as boolean maps, each eroded by erode_size."""
-    foreground = (mask >= foreground_threshold).astype(np.uint8)
-    background = (mask <= background_threshold).astype(np.uint8)
+    foreground: np.ndarray = (mask >= foreground_threshold).astype(np.uint8)
+    background: np.ndarray = (mask <= background_threshold).astype(np.uint8)
     if erode_size > 0:
         kernel = np.ones((2 * erode_size + 1, 2 * erode_size + 1), np.uint8)
         foreground = cv2.erode(foreground, kernel)

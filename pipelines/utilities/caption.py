@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL.Image import Image
-from transformers import BlipForConditionalGeneration, BlipProcessor
+from transformers import (
+    BlipForConditionalGeneration,
+    BlipProcessor,
+    PreTrainedModel,
+    ProcessorMixin,
+)
 
 from models.cache import PipelineCache
 from models.utility_models import UtilityModel
@@ -39,8 +44,8 @@ ENGLISH = "en"  # what the models caption in
 class CaptionFamily:
     """The transformers classes that load and run one kind of captioning model."""
 
-    model_class: type
-    processor_class: type
+    model_class: type[PreTrainedModel]
+    processor_class: type[ProcessorMixin]
     example: str  # a repository of that kind, for error messages
     # The folder holds one of these: without them the processor would quietly build an empty
     # default tokenizer and every caption would be garbage.
@@ -173,7 +178,9 @@ def _load(model: UtilityModel, cache: PipelineCache) -> Captioner:
             f"complete {family.example}-style folder (config.json, tokenizer and processor "
             "files, model.safetensors)",
         ) from error
-    return Captioner(loaded.to(device=cache.device, dtype=cache.dtype).eval(), processor)
+    # transformers' @wraps(Module.to) hides the bound signature from mypy
+    loaded = loaded.to(device=cache.device, dtype=cache.dtype)  # type: ignore[call-arg]
+    return Captioner(loaded.eval(), processor)
 
 
 def _family(model: UtilityModel) -> CaptionFamily:

@@ -76,5 +76,6 @@ def _load(model: UtilityModel, cache: PipelineCache) -> SafetyChecker:
             "CompVis/stable-diffusion-safety-checker folder (config.json, "
             "preprocessor_config.json, model.safetensors)",
         ) from error
-    checker = checker.to(device=cache.device, dtype=cache.dtype).eval()
+    # transformers' @wraps(Module.to) hides the bound signature from mypy
+    checker = checker.to(device=cache.device, dtype=cache.dtype).eval()  # type: ignore[call-arg]
     return SafetyChecker(checker, processor)

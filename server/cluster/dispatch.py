@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from prometheus_client import CollectorRegistry
@@ -27,7 +27,7 @@ from pipelines.job_codec import JobCodecError, encode_job
 from pipelines.jobs import ErrorCode, Job, JobError
 from server.cluster.celery_app import make_celery
 from server.cluster.config import DEFAULT_QUEUE, TASK_NAME, ClusterConfig, model_queue
-from server.cluster.redis_client import connect
+from server.cluster.redis_client import connect, reply_text
 from server.cluster.redis_results import RedisResultStore
 from server.cluster.redis_tasks import RedisTaskStore
 from server.cluster.registry import WorkerBeat, WorkerRegistry
@@ -45,6 +45,12 @@ ROUTES_TTL_S = 1.0  # how long a replica trusts its view of which queues are con
 _ENDED = {TaskStatus.FINISHED.value.encode(), TaskStatus.ERROR.value.encode()}
 
 
+class RedisKeyedTaskStore(TaskStore, Protocol):
+    """A TaskStore whose records are Redis hashes: RedisTaskStore, or a store wrapping one."""
+
+    def key(self, task_id: str) -> str: ...
+
+
 def encoding_fields(encoding: Encoding) -> dict[str, Any]:
     return {"format": encoding.format.value, "quality": encoding.quality}
 
@@ -55,7 +61,7 @@ class BrokerDispatcher:
         engine: Engine,
         config: ClusterConfig,
         client: redis.Redis,
-        store: RedisTaskStore | TaskStore,
+        store: RedisKeyedTaskStore,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -247,7 +253,7 @@ class BrokerDispatcher:
     def _broker_jobs(self) -> int:
         """Jobs waiting in the broker: the default queue and every model queue."""
         queues = [DEFAULT_QUEUE]
-        queues += sorted(q.decode() for q in self.client.smembers(self.config.model_queues_key))
+        queues += sorted(reply_text(q) for q in self.client.smembers(self.config.model_queues_key))
         pipe = self.client.pipeline(transaction=False)
         for name in queues:
             pipe.llen(self.config.broker_key(name))

@@ -32,3 +32,17 @@ def ttl_ms(ttl_s: float) -> int:
     if ttl_s <= 0:
         raise ValueError(f"ttl_s must be positive, not {ttl_s}")
     return max(1, round(ttl_s * 1000))
+
+
+def reply_bytes(reply: object) -> bytes:
+    """One Redis reply, which is bytes: easel's clients keep redis-py's default (no
+    decode_responses). redis-py's types allow more (str for decoding clients, tuples for
+    ZRANGE WITHSCORES), so this is where the stores say which it is."""
+    if not isinstance(reply, bytes):
+        raise TypeError(f"expected a bytes reply from Redis, not {type(reply).__name__}")
+    return reply
+
+
+def reply_text(reply: object) -> str:
+    """One Redis reply (bytes, see reply_bytes) decoded as UTF-8 text."""
+    return reply_bytes(reply).decode()

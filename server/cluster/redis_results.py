@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import redis
 from PIL.Image import Image
+from redis.typing import EncodableT, FieldT
 
-from server.cluster.redis_client import ttl_ms
+from server.cluster.redis_client import reply_bytes, reply_text, ttl_ms
 from server.results import PNG, Encoding, ImageFormat, encode, is_image_id, new_image_id
 
 
@@ -32,7 +33,11 @@ class RedisResultStore:
 
     def save_bytes(self, data: bytes, image_format: ImageFormat, owner: str = "") -> str:
         image_id = new_image_id()
-        fields = {"data": data, "format": image_format.value, "owner": owner}
+        fields: dict[FieldT, EncodableT] = {
+            "data": data,
+            "format": image_format.value,
+            "owner": owner,
+        }
         # MULTI/EXEC: no reader ever sees the image without its expiry.
         with self._client.pipeline(transaction=True) as pipe:
             pipe.hset(self.key(image_id), mapping=fields)
@@ -46,13 +51,13 @@ class RedisResultStore:
         data, image_format = self._client.hmget(self.key(image_id), ["data", "format"])
         if data is None or image_format is None:  # never stored, or expired
             return None
-        return data, ImageFormat(image_format.decode())
+        return reply_bytes(data), ImageFormat(reply_text(image_format))
 
     def format_of(self, image_id: str) -> ImageFormat | None:
         if not is_image_id(image_id):
             return None
         image_format = self._client.hget(self.key(image_id), "format")
-        return None if image_format is None else ImageFormat(image_format.decode())
+        return None if image_format is None else ImageFormat(reply_text(image_format))
 
     def owner_of(self, image_id: str) -> str | None:
         if not is_image_id(image_id):
@@ -60,7 +65,7 @@ class RedisResultStore:
         image_format, owner = self._client.hmget(self.key(image_id), ["format", "owner"])
         if image_format is None:
             return None
-        return owner.decode() if owner is not None else ""
+        return reply_text(owner) if owner is not None else ""
 
     def delete(self, image_id: str) -> None:
         if is_image_id(image_id):

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
+from redis.typing import EncodableT
 
-from server.cluster.redis_client import ttl_ms
+from server.cluster.redis_client import reply_text, ttl_ms
 from server.taskstore.base import TaskExists, TaskRecord, TaskStatus
 
 # Fails when the key exists; otherwise writes the whole record, its expiry and its index entry in
@@ -113,7 +114,13 @@ class RedisTaskStore:
         record.updated_at = now
         pairs = [item for pair in _fields(record).items() for item in pair]
         unfinished = "1" if record.status in _UNFINISHED else "0"
-        args = [self._ttl_ms, repr(record.created_at), record.task_id, unfinished, *pairs]
+        args: list[EncodableT] = [
+            self._ttl_ms,
+            repr(record.created_at),
+            record.task_id,
+            unfinished,
+            *pairs,
+        ]
         if not self._create(keys=[self.key(record.task_id), self._index], args=args):
             raise TaskExists(f"task {record.task_id!r} exists already")
 
@@ -170,7 +177,7 @@ class RedisTaskStore:
 
     def unfinished(self, owner: str | None = None) -> list[TaskRecord]:
         """Queued and running tasks, oldest first; index entries of expired records are pruned."""
-        ids = [raw.decode() for raw in self._client.zrange(self._index, 0, -1)]
+        ids = [reply_text(raw) for raw in self._client.zrange(self._index, 0, -1)]
         if not ids:
             return []
         with self._client.pipeline(transaction=False) as pipe:
@@ -240,7 +247,7 @@ def _fields(record: TaskRecord) -> dict[str, str]:
     return fields
 
 
-def _record(raw: dict[bytes, bytes]) -> TaskRecord:
-    text = {key.decode(): value.decode() for key, value in raw.items()}
+def _record(raw: Mapping[bytes | str, bytes | str]) -> TaskRecord:
+    text = {reply_text(key): reply_text(value) for key, value in raw.items()}
     values = {name: _DECODERS.get(name, str)(text[name]) for name in _RECORD_FIELDS if name in text}
     return TaskRecord(**values)

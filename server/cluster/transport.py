@@ -34,20 +34,22 @@ class QoS(kombu_redis.QoS):
         try:
             super().ack(delivery_tag)
         except _LOST as error:
-            self._quick_ack(delivery_tag)  # forget it here; Redis redelivers it later
+            # Forget it here; Redis redelivers it later.
+            self._quick_ack(delivery_tag)  # type: ignore[attr-defined]  # kombu-stubs omit it
             log.warning("could not acknowledge a message on a lost connection (%s)", error)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         try:
             super().reject(delivery_tag, requeue)
         except _LOST as error:
-            self._quick_ack(delivery_tag)
+            self._quick_ack(delivery_tag)  # type: ignore[attr-defined]  # kombu-stubs omit it
             log.warning("could not reject a message on a lost connection (%s)", error)
 
     def restore_unacked(self, client: Any = None) -> None:
         try:
             super().restore_unacked(client)
         except _LOST as error:
+            assert self._delivered is not None  # kombu's QoS.__init__ sets it
             count = len(self._delivered)
             self._delivered.clear()
             log.warning(

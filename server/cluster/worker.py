@@ -32,7 +32,7 @@ from pipelines.handle import CANCELLED_BY_REQUEST, JobHandle
 from pipelines.job_codec import JobCodecError, decode_job
 from pipelines.jobs import ErrorCode, Job, JobError
 from server.cluster.config import DEFAULT_QUEUE, ClusterConfig, model_queue
-from server.cluster.redis_client import WORKER_PATIENCE_S, connect
+from server.cluster.redis_client import WORKER_PATIENCE_S, connect, reply_text
 from server.cluster.redis_results import RedisResultStore
 from server.cluster.redis_tasks import RedisTaskStore
 from server.cluster.registry import WorkerBeat, WorkerRegistry
@@ -245,7 +245,7 @@ class WorkerRuntime:
 
     def _orphaned_queues(self) -> set[str]:
         """Model queues holding jobs that no live worker consumes (their worker died)."""
-        queues = [q.decode() for q in self.client.smembers(self.config.model_queues_key)]
+        queues = [reply_text(q) for q in self.client.smembers(self.config.model_queues_key)]
         pipe = self.client.pipeline(transaction=False)
         for name in queues:
             pipe.llen(self.config.broker_key(name))
