@@ -9,10 +9,10 @@ from typing import Any
 
 from PIL.Image import Image
 
-from pipelines.jobs import GenerationJob, PreprocessJob
+from pipelines.jobs import Job
 
 
-def job_summary(job: GenerationJob | PreprocessJob) -> dict[str, Any]:
+def job_summary(job: Job) -> dict[str, Any]:
     """What the task record keeps of a job: every setting, no image data (JSON-ready)."""
     return _plain(job)
 

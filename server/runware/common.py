@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 PROTOCOL = "runware"
 
@@ -15,6 +16,11 @@ class Reply:
 
     data: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
+
+
+def json_object(value: Any) -> dict[str, Any]:
+    """A task's nested JSON object (settings, inputs); {} for anything else (absent, null...)."""
+    return value if isinstance(value, dict) else {}
 
 
 Push = Callable[[Reply], None]  # sends a frame to the client later, unasked (WebSocket only)

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
@@ -203,7 +203,7 @@ class RunwareConnection:
 
     # --- limits (server/runware/throttle.py) ---
 
-    def _text(self, message: dict[str, Any]) -> str | None:
+    def _text(self, message: Mapping[str, Any]) -> str | None:
         """A received frame's text; None, once it has been answered with payloadTooLarge, when
         it is over the limits' ws_max_frame_bytes."""
         text, data = message.get("text"), message.get("bytes")

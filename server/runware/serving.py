@@ -12,7 +12,7 @@ import base64
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from pipelines.engine import Engine
 from pipelines.jobs import Job, JobError, ModelInfo, PreprocessJob
@@ -31,6 +31,7 @@ from server.runware.common import (
     Caller,
     Push,
     Reply,
+    json_object,
 )
 from server.runware.errors import Code, RunwareError
 from server.runware.inference import InferenceBuilder, image_cost
@@ -46,13 +47,19 @@ TaskHandler = Callable[[dict[str, Any], Caller], Awaitable[list[dict[str, Any]]]
 
 
 class DeliveredTask(Protocol):
-    """What delivery reads of a task (wire.Task + wire.Delivery)."""
+    """What delivery reads of a task (wire.Task + wire.Delivery). Read-only, so a wire model
+    whose deliveryMethod is a Literal and the frozen _Delivery both qualify."""
 
-    taskType: str
-    taskUUID: str
-    uploadEndpoint: str | None
-    deliveryMethod: str | None
-    webhookURL: str | None
+    @property
+    def taskType(self) -> str: ...
+    @property
+    def taskUUID(self) -> str: ...
+    @property
+    def uploadEndpoint(self) -> str | None: ...
+    @property
+    def deliveryMethod(self) -> str | None: ...
+    @property
+    def webhookURL(self) -> str | None: ...
 
 
 # Real Runware task types easel does not serve (video, audio, PhotoMaker...): a clear error.
@@ -74,7 +81,7 @@ OUTPUT_FORMATS: dict[str, ImageFormat] = {
 }
 DEFAULT_OUTPUT_FORMAT = "JPG"  # Runware's default
 DEFAULT_OUTPUT_QUALITY = 95
-DEFAULT_OUTPUT_TYPE = "URL"
+DEFAULT_OUTPUT_TYPE: Final = "URL"
 # Runware model categories and architectures, as modelSearch reports them.
 CATEGORIES: dict[str, str] = {
     "checkpoint": "checkpoint",
@@ -198,8 +205,8 @@ class RunwareService:
             return Reply(errors=[error.item(task_type, task_uuid)])
         except Exception:
             log.exception("Runware %s %s failed", task_type, task_uuid)
-            error = RunwareError(Code.INTERNAL_ERROR, "internal server error")
-            return Reply(errors=[error.item(task_type, task_uuid)])
+            internal = RunwareError(Code.INTERNAL_ERROR, "internal server error")
+            return Reply(errors=[internal.item(task_type, task_uuid)])
 
     # --- imageInference ---
 
@@ -647,8 +654,8 @@ def _preprocess_fields(task: dict[str, Any]) -> dict[str, Any]:
     if task.get("taskType") != "controlNetPreprocess":
         return task
     fields = {k: v for k, v in task.items() if k not in ("inputs", "settings", "model")}
-    inputs = task.get("inputs") if isinstance(task.get("inputs"), dict) else {}
-    settings = task.get("settings") if isinstance(task.get("settings"), dict) else {}
+    inputs = json_object(task.get("inputs"))
+    settings = json_object(task.get("settings"))
     model = task.get("model")
     if isinstance(model, str) and "@" in model:
         fields["preProcessorType"] = model.rsplit("@", 1)[1]

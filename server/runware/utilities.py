@@ -28,14 +28,14 @@ from pipelines.jobs import (
 from server.images import PixelBudget
 from server.results import Encoding, ImageFormat
 from server.runware import protocol as wire
-from server.runware.common import Caller
+from server.runware.common import Caller, json_object
 from server.runware.errors import Code, RunwareError
 from server.runware.inference import check_pixels, check_prompt, image_cost
 from server.summary import job_summary
 from server.taskstore import TaskRecord
 
 if TYPE_CHECKING:
-    from server.runware.serving import RunwareService
+    from server.runware.serving import DeliveredTask, RunwareService
 
 Items = list[dict[str, Any]]
 TaskHandler = Callable[[dict[str, Any], Caller], Awaitable[Items]]
@@ -162,7 +162,7 @@ class UtilityTasks:
 
     async def _run(
         self,
-        req: wire.Task,
+        req: DeliveredTask,
         job: Job,
         caller: Caller,
         output: dict[str, Any],
@@ -178,7 +178,7 @@ class UtilityTasks:
                 "job": job_summary(job),
                 "output": {**output, "cost": cost},
                 "input_image": input_id,
-                "deliveryMethod": getattr(req, "deliveryMethod", None) or "sync",
+                "deliveryMethod": req.deliveryMethod or "sync",
             },
         )
         encoding = None
@@ -193,7 +193,11 @@ class UtilityTasks:
     async def items(self, record: TaskRecord, caller: Caller) -> Items:
         """A finished utility task's items."""
         output = record.params.get("output", {})
-        base = {"taskType": record.action, "taskUUID": record.task_id, "status": "success"}
+        base: dict[str, Any] = {
+            "taskType": record.action,
+            "taskUUID": record.task_id,
+            "status": "success",
+        }
         if record.action in TEXT_ACTIONS:
             items = [{**base, "text": text} for text in record.texts]
             if output.get("include_cost"):
@@ -219,8 +223,8 @@ def flatten(task: dict[str, Any]) -> dict[str, Any]:
     """Newer SDKs nest options in `settings` and the image in `inputs.image`: the older flat
     field names."""
     fields = {k: v for k, v in task.items() if k not in ("settings", "inputs")}
-    settings = task.get("settings") if isinstance(task.get("settings"), dict) else {}
-    inputs = task.get("inputs") if isinstance(task.get("inputs"), dict) else {}
+    settings = json_object(task.get("settings"))
+    inputs = json_object(task.get("inputs"))
     if "image" in inputs and fields.get("inputImage") is None:
         fields["inputImage"] = inputs["image"]
     return {**settings, **fields}

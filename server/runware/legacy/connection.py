@@ -67,7 +67,8 @@ class LegacyProtocol:
         found in it (errorId INVALID_MESSAGE)."""
         error = oversized_error(size, self.connection.limits)
         uuids, _ = named_tasks(text)
-        for uuid in uuids or [None]:
+        targets: list[str | None] = [*uuids] or [None]
+        for uuid in targets:
             self.connection.send(error_frame(error.message, ErrorId.INVALID_MESSAGE, uuid))
 
 
@@ -75,11 +76,13 @@ def _check_prompt(message: dict[str, Any], limits: Limits) -> None:
     """A newTask's promptText within max_prompt_chars (LegacyError naming it otherwise). The
     prompt a style template makes of it is checked again as imageInference's positivePrompt."""
     body = message.get(Kind.NEW_TASK.value)
-    text = body.get("promptText") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        return
+    text = body.get("promptText")
     problem = limits.prompt_problem(text) if isinstance(text, str) else None
     if problem is not None:
-        uuid = body.get("taskUUID") if isinstance(body.get("taskUUID"), str) else None
-        raise LegacyError(f"promptText {problem}", uuid)
+        uuid = body.get("taskUUID")
+        raise LegacyError(f"promptText {problem}", uuid if isinstance(uuid, str) else None)
 
 
 def _renderer(task: LegacyTask) -> Callable[[Reply], list[dict[str, Any]]]:
