@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: it builds (or reuses) the virtual environment, then
 #   scripts/dev.sh serve [easel serve options]   starts the server on its embedded defaults
-#   scripts/dev.sh test  [pytest options]        lints and runs the whole test suite, after
-#                                                installing the Debian packages it drives
+#   scripts/dev.sh test  [pytest options]        lints, type-checks and runs the whole test
+#                                                suite, after installing the Debian packages it drives
 #                                                (scripts/system_packages.sh)
 # The environment lives outside the checkout, keyed by the dependency list and the Python
 # version, so CI and fresh clones reuse it until pyproject.toml's dependencies change.
@@ -49,6 +49,7 @@ case "$command" in
     export EASEL_REQUIRE_SYSTEM_PACKAGES=1
     ruff check .
     lint-imports
+    mypy  # server/, pipelines/ and models/, configured in pyproject.toml [tool.mypy]
     exec python -m pytest "$@"
     ;;
   *)
