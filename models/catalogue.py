@@ -189,8 +189,9 @@ class Catalogue:
         checkpoints = [
             s for s in self.by_kind(ModelKind.CHECKPOINT) if s.architecture is architecture
         ]
-        if self.default_checkpoint in {s.code for s in checkpoints}:
-            return self._specs[(ModelKind.CHECKPOINT, self.default_checkpoint)]  # type: ignore[index]
+        default = next((s for s in checkpoints if s.code == self.default_checkpoint), None)
+        if default is not None:
+            return default
         ranked = sorted(checkpoints, key=lambda s: (s.is_demo, s.inpainting))  # stable: by path
         return ranked[0] if ranked else None
 

@@ -16,18 +16,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DiffusionPipeline,
-    EulerDiscreteScheduler,
-    PNDMScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLInpaintPipeline,
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import (
     StableDiffusionXLPipeline,
-    UNet2DConditionModel,
 )
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint import (
+    StableDiffusionXLInpaintPipeline,
+)
+from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
+from diffusers.schedulers.scheduling_pndm import PNDMScheduler
 from diffusers.utils import logging as diffusers_logging
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 from transformers.utils import logging as transformers_logging
 
 from models.catalogue import Architecture, ModelKind, ModelSpec, WeightFormat
@@ -90,9 +97,9 @@ def build_demo_pipeline(tokenizer_cache: Path) -> StableDiffusionPipeline:
             num_attention_heads=4,
             max_position_embeddings=77,
             projection_dim=32,
-            bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
-            eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
-            pad_token_id=tokenizer.convert_tokens_to_ids(EOS),
+            bos_token_id=_token_id(tokenizer, BOS),
+            eos_token_id=_token_id(tokenizer, EOS),
+            pad_token_id=_token_id(tokenizer, EOS),
         )
     )
     scheduler = PNDMScheduler(
@@ -110,10 +117,16 @@ def build_demo_pipeline(tokenizer_cache: Path) -> StableDiffusionPipeline:
         tokenizer=tokenizer,
         unet=unet,
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
+        safety_checker=None,  # type: ignore[arg-type]  # diffusers documents None as allowed
+        feature_extractor=None,  # type: ignore[arg-type]
         requires_safety_checker=False,
     )
+
+
+def _token_id(tokenizer: CLIPTokenizer, token: str) -> int:
+    found = tokenizer.convert_tokens_to_ids(token)
+    assert isinstance(found, int), token
+    return found
 
 
 def _text_config(hidden: int, *, act: str, projection: int) -> CLIPTextConfig:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import ControlNetModel
+from diffusers.models.controlnets.controlnet import ControlNetModel
 
 from models.demo.checkpoint import DEMO_UNET_DOWN
 

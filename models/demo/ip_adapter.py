@@ -18,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -53,6 +54,7 @@ def cross_attention_layers(unet: UNet2DConditionModel) -> dict[int, tuple[int, i
     for index, name in enumerate(unet.attn_processors):
         if name.endswith("attn2.processor"):
             attention = unet.get_submodule(name.removesuffix(".processor"))
+            assert isinstance(attention, Attention), name
             layers[index] = (attention.to_k.out_features, attention.to_k.in_features)
     return layers
 
@@ -70,7 +72,7 @@ def ip_adapter_state(
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator) * gain
 
-    context = unet.config.cross_attention_dim
+    context = int(unet.config["cross_attention_dim"])
     state = {
         "image_proj.proj.weight": rand(NUM_TOKENS * context, image_embed_dim),
         "image_proj.proj.bias": rand(NUM_TOKENS * context),

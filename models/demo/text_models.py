@@ -31,6 +31,8 @@ from transformers import (
     M2M100ForConditionalGeneration,
     MarianConfig,
     MarianMTModel,
+    PretrainedConfig,
+    PreTrainedModel,
 )
 from transformers.models.m2m_100.tokenization_m2m_100 import FAIRSEQ_LANGUAGE_CODES
 
@@ -178,8 +180,8 @@ def save_tiny_marian(folder: Path, source: str, target: str) -> Path:
 
 
 def _save_seq2seq(
-    model_class: type[M2M100ForConditionalGeneration] | type[MarianMTModel],
-    config: M2M100Config | MarianConfig,
+    model_class: type[PreTrainedModel],
+    config: PretrainedConfig,
     folder: Path,
     *,
     quiet: range = range(0),
