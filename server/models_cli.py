@@ -122,7 +122,7 @@ def _list(settings: Settings, allow_pickle: bool) -> int:
     for note in notes:
         log.warning("%s", note)
     print(f"models directory: {models_dir}")
-    rows = [("KIND", "CODE", "ARCH", "PATH", "PUBLIC IDS")]
+    rows: list[tuple[str, ...]] = [("KIND", "CODE", "ARCH", "PATH", "PUBLIC IDS")]
     rows += [_row(model, models_dir) for model in models]
     print_table(rows, sys.stdout)
     return 0
