@@ -77,6 +77,9 @@ QUOTA_RET_CODES: dict[QuotaKind, RetCode] = {
 
 UNLIMITED_CREDITS = 2147483647  # a local server has no credit limit
 DEFAULT_PREPROCESSOR_RESOLUTION = 512
+# Aliases ListModels leaves out: Runware's legacy numeric model ids ("legacy:13"), which the
+# catalogue points at a default checkpoint; they are no PICPIK models.
+UNLISTED_ALIAS_PREFIXES = ("legacy:",)
 
 
 def _reject_constant(name: str) -> Any:
@@ -276,6 +279,8 @@ class PicpikService:
         main: dict[str, Any] = {}
         checkpoints = {m.code: m for m in self.engine.list_models("checkpoint")}
         for alias, code in self.engine.model_aliases().items():
+            if alias.startswith(UNLISTED_ALIAS_PREFIXES):
+                continue
             target = checkpoints[code]
             main[alias] = _model_entry(
                 target,

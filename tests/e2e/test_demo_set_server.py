@@ -154,6 +154,7 @@ def test_picpik_listings_mark_the_demo_models(server: ServerProcess) -> None:
     models = client.call("ListModels")["MainModels"]
     assert "draws noise" in models["easel demo"]["Description"]
     assert "draws noise" in models["easel demo XL"]["Description"]
+    assert not any(name.startswith("legacy:") for name in models)  # Runware's, not PICPIK's
 
 
 def test_runware_tasks(server: ServerProcess) -> None:
