@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from models.cache import PipelineCache
 from models.catalogue import Architecture, Catalogue, ModelKind, ModelSpec, UnknownModelError
@@ -132,7 +133,7 @@ def _loras(
     if not loras:
         yield
         return
-    states = [cache.component(file_key(r.spec), lambda r=r: read_lora(r.spec)) for r in loras]
+    states = [cache.component(file_key(r.spec), partial(read_lora, r.spec)) for r in loras]
     names: list[str] = []
     try:
         with _text_model_alias_hidden(pipe):

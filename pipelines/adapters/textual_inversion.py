@@ -12,14 +12,15 @@ tensor and size - the very same objects, so the base model is bit-for-bit what i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline
 from diffusers.loaders import TextualInversionLoaderMixin
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from torch import nn
 
 from models.cache import PipelineCache
@@ -35,7 +36,7 @@ TOKENIZERS: dict[str, str] = {TEXT_ENCODER: "tokenizer", TEXT_ENCODER_2: "tokeni
 class _InputEmbeddings:
     """A text encoder's token embedding as it was before a job grew it."""
 
-    module: nn.Module
+    module: nn.Embedding
     weight: nn.Parameter
     data: torch.Tensor
     rows: int
@@ -88,7 +89,7 @@ def applied(
         yield
         return
     unique = list({spec.code: spec for spec in specs}.values())
-    tables = [(s, cache.component(file_key(s), lambda s=s: read_embedding(s))) for s in unique]
+    tables = [(s, cache.component(file_key(s), partial(read_embedding, s))) for s in unique]
     for spec, vectors in tables:
         _check_fits(pipe, spec, vectors, checkpoint)
     encoders = _encoders(pipe)
@@ -144,7 +145,10 @@ def _maybe_convert_prompt(self: Any, prompt: str, tokenizer: Any) -> str:
         while f"{token}_{count}" in added:
             count += 1
         replacement = " ".join(_tokens(token, count))
-        prompt = re.sub(
-            re.escape(token), lambda _, text=replacement: text, prompt, flags=re.IGNORECASE
-        )
+        prompt = re.sub(re.escape(token), _literal(replacement), prompt, flags=re.IGNORECASE)
     return prompt
+
+
+def _literal(text: str) -> Callable[[re.Match[str]], str]:
+    """A re.sub replacement that inserts text as it is (no backslash escapes)."""
+    return lambda _match: text
