@@ -29,7 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.demo import ensure_demo_model
+from models.demo import ensure_demo_set
 from tests.cluster.processes import Cluster, process_data_dir
 from tests.e2e.server_process import ServerProcess
 from tests.picpik_client import PicpikClient
@@ -97,7 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="easel-bench-cluster-") as tmp:
         root = Path(tmp)
         demo = root / "demo-root"
-        ensure_demo_model(demo)
+        ensure_demo_set(demo)  # the whole set: the processes share it, none builds it
         rows = []
         with ServerProcess(process_data_dir(root, "single", demo)) as single:
             latencies = sequential(single.url, args.tasks, args.steps)
