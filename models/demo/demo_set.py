@@ -27,8 +27,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 from models.catalogue import Architecture, ModelKind, ModelSpec, WeightFormat
 from models.demo.checkpoint import DEMO_CHECKPOINTS, demo_spec, ensure_demo_model
@@ -36,6 +42,7 @@ from models.utility_models import LAYOUTS, Utility
 
 DEMO_SET_VERSION = 1  # bump when a model below changes, so old builds are replaced
 SET_MARKER = "easel-demo-set.json"
+LOCK_FILE = ".easel-demo-set.lock"
 DEMO_NAME = "easel-demo"  # the demo utility models' name (what a request may name them by)
 
 # PICPIK's documented ControlNet codes (lllyasviel's v1.1 SD 1.5 names and ioclab's recolor).
@@ -155,11 +162,27 @@ UTILITY_BUILDERS: dict[Utility, Callable[[Path], None]] = {
 
 def ensure_demo_set(root: Path) -> Path:
     """Build the whole demo set under root once (the checkpoints each keep their own marker);
-    later calls reuse it. Returns root."""
-    for code in DEMO_CHECKPOINTS:
-        ensure_demo_model(root, code)
-    if _current(root):
-        return root
+    later calls reuse it. Processes starting at once on one data directory (an API replica and
+    a worker) build it once: the others wait for the first. Returns root."""
+    with _locked(root):
+        for code in DEMO_CHECKPOINTS:
+            ensure_demo_model(root, code)
+        if not _current(root):
+            _build(root)
+    return root
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """An exclusive lock on root's lock file (none where the OS has no flock)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / LOCK_FILE).open("a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _build(root: Path) -> None:
     with tempfile.TemporaryDirectory(dir=root, prefix=".demo-set-build-") as tmp:
         staging = Path(tmp)
         _quiet_progress_bars()
@@ -173,7 +196,6 @@ def ensure_demo_set(root: Path) -> Path:
                 shutil.rmtree(dest)
             part.rename(dest)
     (root / SET_MARKER).write_text(json.dumps({"version": DEMO_SET_VERSION}))
-    return root
 
 
 def _current(root: Path) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -61,6 +62,16 @@ def test_a_built_set_is_reused_and_an_old_one_rebuilt(tmp_path: Path, demo_root:
     (root / SET_MARKER).write_text(json.dumps({"version": 0}))
     ensure_demo_set(root)
     assert json.loads(canny.read_text())["_class_name"] == "ControlNetModel"
+
+
+def test_starts_at_once_build_it_once(tmp_path: Path, demo_root: Path) -> None:
+    """Two starts on one fresh data directory (an API replica and a worker): one builds, the
+    other waits for it and reuses the build."""
+    root = tmp_path / "demo"
+    with ThreadPoolExecutor(2) as pool:
+        built = list(pool.map(ensure_demo_set, [root, root]))
+    assert built == [root, root]
+    assert _digests(root) == _digests(demo_root)
 
 
 def test_every_kind_is_there_in_the_format_the_scan_reads(demo_root: Path, tmp_path: Path) -> None:
