@@ -157,6 +157,12 @@ def find(models_dir: Path | None, utility: Utility, name: str | None = None) -> 
         if model.name.lower() == name.lower() or _stem(model).lower() == name.lower():
             return model
     names = ", ".join(m.name for m in models)
+    if all(m.is_demo for m in models):  # nothing installed: say where to install it
+        raise UtilityModelMissing(
+            f"no {utility.value.replace('_', ' ')} model named {name!r} is installed: put "
+            f"{LAYOUTS[utility].example} into {_where(models_dir, utility)} (the demo set "
+            f"has only {names})"
+        )
     raise UtilityModelMissing(
         f"no {utility.value.replace('_', ' ')} model named {name!r} is installed "
         f"(installed: {names})"
@@ -164,14 +170,15 @@ def find(models_dir: Path | None, utility: Utility, name: str | None = None) -> 
 
 
 def install_hint(models_dir: Path | None, utility: Utility) -> str:
-    layout = LAYOUTS[utility]
-    where = (
-        f"{models_dir / layout.folders[0]}/" if models_dir else f"<models_dir>/{layout.folders[0]}/"
-    )
     return (
-        f"no {utility.value.replace('_', ' ')} model is installed: put {layout.example} "
-        f"into {where}"
+        f"no {utility.value.replace('_', ' ')} model is installed: put "
+        f"{LAYOUTS[utility].example} into {_where(models_dir, utility)}"
     )
+
+
+def _where(models_dir: Path | None, utility: Utility) -> str:
+    folder = LAYOUTS[utility].folders[0]
+    return f"{models_dir / folder}/" if models_dir else f"<models_dir>/{folder}/"
 
 
 def _folders(models_dir: Path, layout: UtilityLayout) -> list[Path]:

@@ -23,6 +23,7 @@ from pipelines.jobs import ErrorCode, JobError, JobResult, UpscaleJob
 from pipelines.runners.common import Resources, RunContext
 from pipelines.utilities import upscale
 from tests.engine_harness import run_jobs
+from tests.models.tiny import SD1_CHECKPOINT, write_fake_safetensors
 from tests.models.tiny_upscaler import RECEPTIVE_RADIUS, save_tiny_upscaler
 
 LANCZOS = Image.Resampling.LANCZOS
@@ -338,8 +339,9 @@ def test_masked_models_are_not_upscalers(tmp_path: Path) -> None:
 
 
 def test_through_the_engine(models_dir: Path, ctx: RunContext, tmp_path: Path) -> None:
-    """The worker finds the default model (the first by name: 2x-tiny) and runs it; an empty
-    models dir says where to install one."""
+    """The worker finds the default model (the first by name: 2x-tiny) and runs it; a models dir
+    without one says where to install one (it has a checkpoint of its own: the demo set's
+    upscaler serves only servers without a real checkpoint)."""
     job = UpscaleJob(image=IMAGE, factor=2.0)
     (result,) = run_jobs(models_dir, tmp_path / "data", [job])
     assert isinstance(result, JobResult)
@@ -348,7 +350,7 @@ def test_through_the_engine(models_dir: Path, ctx: RunContext, tmp_path: Path) -
     assert_same(result.images[0], run_one(job, default, ctx))
 
     empty = tmp_path / "empty"
-    empty.mkdir()
+    write_fake_safetensors(empty / "checkpoints" / "real.safetensors", SD1_CHECKPOINT)
     (error,) = run_jobs(empty, tmp_path / "data2", [job])
     assert isinstance(error, JobError) and error.code is ErrorCode.MODEL_UNAVAILABLE
     assert f"{empty / 'upscale_models'}/" in error.message
