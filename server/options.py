@@ -128,7 +128,7 @@ OPTIONS: tuple[Option, ...] = (
         "data_dir",
         STORAGE,
         Path("easel-data"),
-        "task store, result images and the demo model",
+        "task store, result images and the demo set",
         Path,
         shown="./easel-data",
     ),

@@ -234,10 +234,13 @@ class TerminateTaskRequest(Envelope):
 # --- responses ---
 
 
+TaskStatusName = Literal["Queuing", "Running", "Finished", "Error"]
+
+
 class TaskDetail(BaseModel):
     TaskUID: str
     Action: str
-    Status: Literal["Queuing", "Running", "Finished", "Error"]
+    Status: TaskStatusName
     ImgList: list[str]
     Seed: int
     TxtList: list[str]

@@ -40,7 +40,7 @@ from server.taskstore import TaskRecord, TaskStatus, TaskStore
 
 log = logging.getLogger(__name__)
 
-STATUS_NAMES: dict[TaskStatus, str] = {
+STATUS_NAMES: dict[TaskStatus, wire.TaskStatusName] = {
     TaskStatus.QUEUED: "Queuing",
     TaskStatus.RUNNING: "Running",
     TaskStatus.FINISHED: "Finished",
@@ -127,9 +127,8 @@ class PicpikService:
         try:
             body = self._decode(raw)
             action = body["Action"]
-            request_uuid = (
-                body.get("request_uuid") if isinstance(body.get("request_uuid"), str) else ""
-            )
+            uuid = body.get("request_uuid")
+            request_uuid = uuid if isinstance(uuid, str) else ""
             caller = Caller(self._authenticate(body), self.public_url or base_url)
             handler = self.handlers.get(action)
             if handler is None:
